@@ -1,0 +1,137 @@
+"""One configuration: frozen dataclasses, loaded from TOML, overridden with `--set key=value`.
+
+A config is saved beside every corpus and checkpoint (``to_dict`` -> JSON) so a result can be
+reproduced by reading it. Nothing here reads files at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    sample_rate: int = 16000
+    # Log-mel at 100 Hz (hop 10 ms), 80 bands up to 7.6 kHz: the front end most lip-sync models use.
+    n_fft: int = 512
+    win_length: int = 400  # 25 ms
+    hop_length: int = 160  # 10 ms -> 4 mel steps per 25 fps video frame
+    n_mels: int = 80
+    f_min: float = 55.0
+    f_max: float = 7600.0
+    # The paper's 0.35 s context around every video frame (35 steps at 100 Hz).
+    window_steps: int = 35
+
+
+@dataclass(frozen=True)
+class FaceConfig:
+    crop_size: int = 128
+    # Where the canonical template puts the face inside the crop: the eye midpoint at
+    # (0.5, eye_y) and an inter-ocular distance of iod * crop_size. Leaves room below the chin
+    # so jaw motion stays inside the crop.
+    eye_y: float = 0.34
+    iod: float = 0.30
+    # Several faces: "largest" or "central".
+    pick: str = "largest"
+    # Gaussian smoothing (in frames) of the per-frame similarity transforms of a video.
+    smooth_sigma: float = 1.5
+    min_detection_confidence: float = 0.5
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    fps: float = 25.0
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    face: FaceConfig = field(default_factory=FaceConfig)
+    # Split rule: speakers with fewer than this many clips are held out whole (speaker-disjoint);
+    # the others are split by sentence (the same sentence text never lands in two splits).
+    min_clips_train_speaker: int = 20
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    # Held-out speakers that go to validation rather than test (the rest go to test).
+    val_speakers: tuple[str, ...] = ("u01",)
+    workers: int = 2
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _build(cls: type, data: dict) -> Any:
+    """Build a (nested) frozen dataclass from a dict, rejecting unknown keys."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown config key(s) for {cls.__name__}: {', '.join(sorted(unknown))}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = _dataclass_type(cls, name)
+        if sub is not None and isinstance(value, dict):
+            kwargs[name] = _build(sub, value)
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _dataclass_type(cls: type, name: str) -> type | None:
+    default = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if default.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value = default.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(value):
+            return type(value)
+    return None
+
+
+def _parse_value(text: str) -> Any:
+    """Values of `--set key=value` are read as TOML literals; bare words stay strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = json.loads(json.dumps(data))  # deep copy of plain data
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        node = data
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = _parse_value(text.strip())
+    return data
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+    """Defaults of ``cls``, updated by a TOML file, updated by ``key=value`` overrides."""
+    data: dict = to_dict(cls())
+    if path is not None:
+        with open(path, "rb") as f:
+            _merge(data, tomllib.load(f))
+    data = apply_overrides(data, overrides or [])
+    return _build(cls, data)
+
+
+def _merge(base: dict, new: dict) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+
+
+def config_from_json(cls: type, path: str | Path) -> Any:
+    return _build(cls, json.loads(Path(path).read_text()))

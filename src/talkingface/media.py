@@ -1,0 +1,301 @@
+"""All container I/O, through PyAV (bundled FFmpeg; no system ffmpeg): the one place that decodes
+and encodes media, used by corpus preparation and by inference alike.
+
+- ``read_audio``: any file PyAV opens (wav, flac, mp3, m4a, ogg, or a video's audio track) ->
+  mono float32 at the requested rate.
+- ``iter_video`` / ``read_video``: any container (mpg, mp4, avi, mov, flv, webm, mkv, variable
+  frame rate) -> RGB uint8 frames resampled to a fixed rate *by timestamp*.
+- ``read_image``: a still photo with EXIF orientation applied, any mode -> RGB uint8.
+- ``write_video``: H.264 (yuv420p) + AAC mp4, written to a temp file and renamed, so an
+  interrupted write never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from .errors import TalkingFaceError
+
+log = logging.getLogger(__name__)
+
+
+def _check_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise TalkingFaceError(f"{path}: no such file")
+    if path.is_dir():
+        raise TalkingFaceError(f"{path}: is a directory, expected a media file")
+    if path.stat().st_size == 0:
+        raise TalkingFaceError(f"{path}: file is empty (0 bytes)")
+    return path
+
+
+def _open(path: Path):
+    try:
+        return av.open(str(path), metadata_errors="ignore")
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise TalkingFaceError(f"{path}: cannot be read as media ({_short(e)})") from None
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text[:200]
+
+
+# ----------------------------------------------------------------------------------------------
+# Audio
+
+
+def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
+    """Decode the first audio stream of ``path`` to mono float32 in [-1, 1] at ``sample_rate``."""
+    path = _check_file(path)
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise TalkingFaceError(f"{path}: has no audio track")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        chunks: list[np.ndarray] = []
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        except av.FFmpegError as e:
+            # A truncated file still yields what was decoded before the damage.
+            if not chunks:
+                raise TalkingFaceError(f"{path}: audio cannot be decoded ({_short(e)})") from None
+            log.warning("%s: audio decoding stopped early (%s); using the first %.2f s", path, _short(e),
+                        sum(map(len, chunks)) / sample_rate)
+    if not chunks or sum(map(len, chunks)) == 0:
+        raise TalkingFaceError(f"{path}: audio track holds no samples")
+    audio = np.concatenate(chunks).astype(np.float32, copy=False)
+    return np.clip(audio, -1.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Video
+
+
+@dataclass
+class VideoInfo:
+    width: int
+    height: int
+    source_fps: float
+    duration_s: float
+    has_audio: bool
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    path = _check_file(path)
+    with _open(path) as c:
+        if not c.streams.video:
+            raise TalkingFaceError(f"{path}: has no video track")
+        s = c.streams.video[0]
+        rate = float(s.average_rate or s.guessed_rate or 25)
+        if s.duration is not None and s.time_base is not None:
+            dur = float(s.duration * s.time_base)
+        elif c.duration is not None:
+            dur = c.duration / av.time_base
+        else:
+            dur = float("nan")
+        return VideoInfo(s.codec_context.width, s.codec_context.height, rate, dur, bool(c.streams.audio))
+
+
+def iter_video(path: str | Path, fps: float = 25.0) -> Iterator[np.ndarray]:
+    """Yield RGB uint8 frames (H, W, 3) resampled to ``fps`` by presentation time.
+
+    Output frame k shows what the source shows at time k / fps: the last source frame whose
+    timestamp is <= that time. This handles variable frame rate and 29.97 -> 25 fps alike; the
+    clip lasts until the end of its last source frame.
+    """
+    path = _check_file(path)
+    with _open(path) as container:
+        if not container.streams.video:
+            raise TalkingFaceError(f"{path}: has no video track")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = float(stream.average_rate or stream.guessed_rate or fps)
+        start = None
+        k = 0  # next output frame index
+        prev = None
+        prev_t = 0.0
+        n_decoded = 0
+        try:
+            for frame in container.decode(stream):
+                t = frame.time if frame.time is not None else n_decoded / rate
+                if start is None:
+                    start = t
+                t -= start
+                n_decoded += 1
+                if prev is not None:
+                    # Every output time before this frame's timestamp belongs to the previous frame.
+                    while k / fps < t - 1e-6:
+                        yield prev
+                        k += 1
+                prev = frame.to_ndarray(format="rgb24")
+                prev_t = t
+        except av.FFmpegError as e:
+            if prev is None:
+                raise TalkingFaceError(f"{path}: video cannot be decoded ({_short(e)})") from None
+            log.warning("%s: video decoding stopped early (%s)", path, _short(e))
+        if prev is None:
+            raise TalkingFaceError(f"{path}: video track holds no frames")
+        end = prev_t + 1.0 / rate  # the last frame is shown for one source frame period
+        while k / fps < end - 1e-6 and (k + 0.5) / fps <= end:
+            yield prev
+            k += 1
+
+
+def read_video(path: str | Path, fps: float = 25.0, sample_rate: int | None = 16000):
+    """Frames (T, H, W, 3) uint8 at ``fps``, and the audio track (or None when the file has none)."""
+    frames = np.stack(list(iter_video(path, fps)))
+    audio = None
+    if sample_rate is not None and probe_video(path).has_audio:
+        audio = read_audio(path, sample_rate)
+    return frames, audio
+
+
+# ----------------------------------------------------------------------------------------------
+# Images
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """RGB uint8 (H, W, 3) with EXIF orientation applied; grayscale, RGBA (over white), CMYK,
+    palette and 16-bit images are converted."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = _check_file(path)
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(bg, im)
+            elif im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float64)
+                arr = (arr / max(arr.max(), 1) * 255).astype(np.uint8)
+                im = Image.fromarray(arr, "L")
+            return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise TalkingFaceError(f"{path}: cannot be read as an image ({_short(e)})") from None
+
+
+def is_image(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path, suffix: str | None = None):
+    """Yield a temp path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    On any exception, KeyboardInterrupt included, the temp file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    check_writable(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def check_writable(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
+    path = Path(path)
+    for inp in inputs:
+        with contextlib.suppress(FileNotFoundError):
+            if path.resolve() == Path(inp).resolve():
+                raise TalkingFaceError(f"{path}: output path is the same as an input file")
+    if path.is_dir():
+        raise TalkingFaceError(f"{path}: output path is a directory")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise TalkingFaceError(f"{path}: output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise TalkingFaceError(f"{path}: output folder {parent} is not writable")
+    return path
+
+
+def write_video(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: float = 25.0,
+    audio: np.ndarray | None = None,
+    sample_rate: int = 16000,
+    crf: int = 20,
+    preset: str = "veryfast",
+) -> int:
+    """Encode RGB uint8 frames (H, W, 3) as H.264 + (optional) AAC mp4, atomically.
+
+    Odd frame sizes are cropped by one pixel (yuv420p needs even sizes). Returns the frame count.
+    """
+    n = 0
+    with atomic_output(path, suffix=".mp4") as tmp:
+        with av.open(str(tmp), mode="w", format="mp4") as out:
+            vs = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            vs.pix_fmt = "yuv420p"
+            vs.options = {"crf": str(crf), "preset": preset}
+            as_ = None
+            if audio is not None:
+                as_ = out.add_stream("aac", rate=sample_rate)
+                as_.layout = "mono"
+            for frame in frames:
+                if n == 0:
+                    h, w = frame.shape[0] // 2 * 2, frame.shape[1] // 2 * 2
+                    if h == 0 or w == 0:
+                        raise TalkingFaceError("frames too small to encode")
+                    vs.width, vs.height = w, h
+                f = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), format="rgb24")
+                for packet in vs.encode(f):
+                    out.mux(packet)
+                n += 1
+            if n == 0:
+                raise TalkingFaceError("no frames to write")
+            for packet in vs.encode():
+                out.mux(packet)
+            if as_ is not None:
+                _encode_audio(out, as_, np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate)
+    return n
+
+
+def _encode_audio(out, stream, audio: np.ndarray, sample_rate: int) -> None:
+    chunk = 1024 * 16
+    pts = 0
+    for i in range(0, len(audio), chunk):
+        block = np.ascontiguousarray(audio[i:i + chunk][None, :])
+        frame = av.AudioFrame.from_ndarray(block, format="flt", layout="mono")
+        frame.sample_rate = sample_rate
+        frame.pts = pts
+        pts += block.shape[1]
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
+
+
+def n_frames_for(duration_s: float, fps: float = 25.0) -> int:
+    """Number of video frames that cover ``duration_s`` of audio (rounded to the nearest frame)."""
+    return max(1, int(math.floor(duration_s * fps + 0.5)))
