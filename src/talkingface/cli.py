@@ -1,0 +1,126 @@
+"""The `talkingface` command. It only parses arguments and calls one entry point per job; every
+problem with the user's input ends as one line on stderr and a non-zero exit, not a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from .errors import TalkingFaceError
+
+log = logging.getLogger("talkingface")
+
+
+def _quiet_native_logs() -> None:
+    # MediaPipe / TFLite log through glog and absl to stderr; keep their chatter out of the CLI.
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _data_config(args):
+    from .config import DataConfig, load_config
+
+    return load_config(DataConfig, args.config, args.set)
+
+
+def cmd_prepare(args) -> int:
+    from .data.prepare import prepare
+
+    cfg = _data_config(args)
+    summary = prepare(args.src, args.out, cfg, progress=not args.quiet)
+    for clip, reason in summary.pop("failures").items():
+        print(f"failed: {clip}: {reason}", file=sys.stderr)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_select(args) -> int:
+    from .data.select import run_select
+
+    if args.size <= 0:
+        raise TalkingFaceError("--size must be positive")
+    res = run_select(args.corpus, args.size, args.strategy, args.seed, args.unit, args.target, args.name)
+    b, a = res["before"], res["after"]
+    print(f"{res['strategy']} selection of {res['size']} / {res['candidates']} train clips ({res['unit']}s)")
+    print(f"  {'':18s} {'all train':>10s} {'selected':>10s}")
+    print(f"  {'entropy (bits)':18s} {b['entropy']:10.3f} {a['entropy']:10.3f}")
+    print(f"  {'KL to target':18s} {b['kl_to_target']:10.3f} {a['kl_to_target']:10.3f}"
+          f"   (random, mean of 20 seeds: {res['random_kl_mean_20_seeds']:.3f})")
+    print(f"  {'units present':18s} {b['n_phonemes_present']:10d} {a['n_phonemes_present']:10d}")
+    print(f"  {'rarest count':18s} {b['min_count']:10.0f} {a['min_count']:10.0f}")
+    print("  rarest after: " + ", ".join(f"{n}={c:.0f}" for n, c in a["rarest"]))
+    print(f"saved {res['json']} and {res['png']}")
+    return 0
+
+
+def cmd_sheet(args) -> int:
+    from .data.preview import contact_sheet
+
+    res = contact_sheet(args.corpus, args.out, args.clips, args.frames)
+    print(f"saved {res['out']}: {len(res['clips'])} clips of {len(res['speakers'])} speakers ({', '.join(res['speakers'])})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="talkingface", description="One photo + one speech clip -> a lip-synced talking-face video.")
+    ap.add_argument("--debug", action=argparse.BooleanOptionalAction, default=False, help="show tracebacks and debug logs")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def common(p, config=True):
+        p.add_argument("-q", "--quiet", action=argparse.BooleanOptionalAction, default=False, help="no progress bars")
+        if config:
+            p.add_argument("--config", help="TOML config file")
+            p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)")
+
+    p = sub.add_parser("prepare", help="folder of talking-head videos -> aligned, labelled corpus")
+    p.add_argument("src", help="folder searched recursively for videos; a clip's speaker is its parent folder")
+    p.add_argument("out", help="corpus folder (created; re-running resumes)")
+    common(p)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("select", help="phoneme-balanced (or random) choice of training clips")
+    p.add_argument("corpus")
+    p.add_argument("--size", type=int, required=True, help="number of clips to select")
+    p.add_argument("--strategy", choices=["balanced", "random"], default="balanced")
+    p.add_argument("--unit", choices=["phoneme", "viseme"], default="phoneme")
+    p.add_argument("--target", choices=["uniform", "sqrt"], default="uniform", help="target distribution")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", help="selection name (default: STRATEGY-UNIT-SIZE)")
+    common(p, config=False)
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("sheet", help="contact sheet PNG of aligned crops of a corpus")
+    p.add_argument("corpus")
+    p.add_argument("-o", "--out", default="contact_sheet.png")
+    p.add_argument("--clips", type=int, default=24)
+    p.add_argument("--frames", type=int, default=3, help="frames shown per clip")
+    common(p, config=False)
+    p.set_defaults(func=cmd_sheet)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    _quiet_native_logs()
+    try:
+        return args.func(args)
+    except TalkingFaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (run with --debug for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
