@@ -64,14 +64,16 @@ def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
         if not container.streams.audio:
             raise TalkingFaceError(f"{path}: has no audio track")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        # Keep the source channels and average them ourselves: FFmpeg's own downmix to mono
+        # sums stereo at -3 dB each, so identical channels came out 3 dB louder (and clipped).
+        resampler = av.AudioResampler(format="fltp", rate=sample_rate)
         chunks: list[np.ndarray] = []
         try:
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
+                    chunks.append(out.to_ndarray().mean(axis=0))
             for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+                chunks.append(out.to_ndarray().mean(axis=0))
         except av.FFmpegError as e:
             # A truncated file still yields what was decoded before the damage.
             if not chunks:
@@ -188,8 +190,11 @@ def read_image(path: str | Path) -> np.ndarray:
                 bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(bg, im)
             elif im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16-bit range -> 8-bit (not stretched by the image's own maximum, which turned
+                # any dark 16-bit photo white); 32-bit "I" beyond 16 bits is scaled by its maximum.
                 arr = np.asarray(im, dtype=np.float64)
-                arr = (arr / max(arr.max(), 1) * 255).astype(np.uint8)
+                scale = 257.0 if arr.max() <= 65535 else arr.max() / 255.0
+                arr = np.clip(np.round(arr / scale), 0, 255).astype(np.uint8)
                 im = Image.fromarray(arr, "L")
             return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:

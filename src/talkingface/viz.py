@@ -20,8 +20,8 @@ def image_grid(images: list[np.ndarray], cols: int, pad: int = 2, fill: int = 25
     return grid
 
 
-def save_png(path: str | Path, image: np.ndarray) -> None:
+def save_image(path: str | Path, image: np.ndarray) -> None:
     import cv2
 
-    if not cv2.imwrite(str(path), np.ascontiguousarray(image[..., ::-1])):
+    if not cv2.imwrite(str(path), np.ascontiguousarray(image[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 90]):
         raise OSError(f"could not write {path}")

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..config import DataConfig, config_from_json
 from ..face import LIP_INNER_TOP, MOUTH_LEFT, MOUTH_RIGHT, template
-from ..viz import image_grid, save_png
+from ..viz import image_grid, save_image
 from .corpus import load_clip, read_manifest
 
 MARK_POINTS = [468, 473, 1, LIP_INNER_TOP, MOUTH_LEFT, MOUTH_RIGHT]  # iris centres, nose tip, mouth
@@ -46,5 +46,5 @@ def contact_sheet(corpus: str | Path, out: str | Path, n_clips: int = 24, frames
                     cv2.circle(im, (int(round(x)), int(round(y))), 1, (0, 255, 0), -1, cv2.LINE_AA)
             cv2.putText(im, r["speaker"], (2, 10), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (255, 255, 0), 1, cv2.LINE_AA)
             tiles.append(im)
-    save_png(out, image_grid(tiles, cols=frames_per_clip * 4))
+    save_image(out, image_grid(tiles, cols=frames_per_clip * 4))
     return {"clips": [r["clip"] for r in picked], "speakers": sorted({r["speaker"] for r in picked}), "out": str(out)}

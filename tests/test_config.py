@@ -1,0 +1,30 @@
+import json
+
+import pytest
+
+from talkingface.config import DataConfig, config_from_json, load_config, save_config
+
+
+def test_defaults_toml_and_overrides(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('fps = 30.0\n[face]\ncrop_size = 96\n')
+    cfg = load_config(DataConfig, toml, ["face.pick=central", "audio.n_mels=40", "val_speakers=['a', 'b']"])
+    assert cfg.fps == 30.0 and cfg.face.crop_size == 96 and cfg.face.pick == "central"
+    assert cfg.audio.n_mels == 40 and cfg.val_speakers == ("a", "b")
+    assert DataConfig().face.crop_size == 128  # defaults untouched
+    with pytest.raises(Exception):
+        cfg.fps = 1.0  # frozen
+
+
+def test_unknown_keys_and_bad_override_rejected():
+    with pytest.raises(ValueError, match="unknown config key"):
+        load_config(DataConfig, None, ["face.nonsense=1"])
+    with pytest.raises(ValueError, match="key=value"):
+        load_config(DataConfig, None, ["fps"])
+
+
+def test_json_round_trip(tmp_path):
+    cfg = load_config(DataConfig, None, ["face.iod=0.25"])
+    save_config(cfg, tmp_path / "c.json")
+    assert json.loads((tmp_path / "c.json").read_text())["face"]["iod"] == 0.25
+    assert config_from_json(DataConfig, tmp_path / "c.json") == cfg

@@ -1,0 +1,139 @@
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from talkingface.config import FaceConfig
+from talkingface.errors import TalkingFaceError
+from talkingface.face import (
+    MOUTH_20, STABLE_POINTS, FaceMesh, alignment_matrix, canonical_shape, crop_frames, interocular, invert,
+    mouth_opening, similarity_transform, smooth_matrices, template, track_faces, transform_points, warp_face,
+)
+from talkingface.media import read_video
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def grid_frames():
+    frames, _ = read_video(DATA / "grid/s1/bbaf2n.mp4", sample_rate=None)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    with FaceMesh(FaceConfig()) as m:
+        yield m
+
+
+def test_canonical_shape_is_normalised():
+    s = canonical_shape()
+    assert s.shape == (478, 2)
+    assert np.isfinite(s).all()
+    # eye centres at (-0.5, 0) and (0.5, 0) by construction
+    from talkingface.face import eye_centres
+    a, b = eye_centres(s)
+    np.testing.assert_allclose(a, [-0.5, 0], atol=1e-3)
+    np.testing.assert_allclose(b, [0.5, 0], atol=1e-3)
+    assert len(MOUTH_20) == 20 and len(set(MOUTH_20.tolist())) == 20
+
+
+def test_similarity_transform_recovers_known_transform():
+    rng = np.random.default_rng(0)
+    src = rng.normal(size=(30, 2)) * 50
+    ang, s, t = 0.3, 1.7, np.array([12.0, -4.0])
+    r = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+    dst = src @ (s * r).T + t
+    m = similarity_transform(src, dst)
+    np.testing.assert_allclose(m[:, :2], s * r, atol=1e-4)
+    np.testing.assert_allclose(m[:, 2], t, atol=1e-3)
+    np.testing.assert_allclose(transform_points(invert(m), dst), src, atol=1e-3)
+
+
+def test_detect_and_align_real_frame(mesh, grid_frames):
+    cfg = FaceConfig()
+    face = mesh.detect(grid_frames[0])
+    assert face is not None and face.n_faces == 1
+    assert face.landmarks.shape == (478, 2)
+    m = alignment_matrix(face.landmarks, cfg)
+    in_crop = transform_points(m, face.landmarks)
+    # the stable points land on the template within a few pixels at 128 px
+    err = np.linalg.norm(in_crop[STABLE_POINTS] - template(cfg)[STABLE_POINTS], axis=1)
+    assert err.mean() < 3.0
+    crop = warp_face(grid_frames[0], m, cfg.crop_size)
+    assert crop.shape == (128, 128, 3) and crop.dtype == np.uint8
+
+
+def test_inverse_transform_maps_landmarks_back_within_1px(grid_frames):
+    cfg = FaceConfig(crop_size=256)
+    with FaceMesh(cfg) as m:
+        face = m.detect(grid_frames[30])
+        mat = alignment_matrix(face.landmarks, cfg)
+        crop = warp_face(grid_frames[30], mat, cfg.crop_size)
+        again = m.detect(crop)
+    back = transform_points(invert(mat), again.landmarks)
+    err = np.linalg.norm(back - face.landmarks, axis=1)
+    assert np.median(err) < 1.0
+
+
+def test_rotated_face_is_aligned_upright(mesh, grid_frames):
+    img = grid_frames[0]
+    h, w = img.shape[:2]
+    rot = cv2.warpAffine(img, cv2.getRotationMatrix2D((w / 2, h / 2), 25, 1.0), (w, h), borderMode=cv2.BORDER_REPLICATE)
+    cfg = FaceConfig()
+    a = transform_points(alignment_matrix(mesh.detect(img).landmarks, cfg), mesh.detect(img).landmarks)
+    b = transform_points(alignment_matrix(mesh.detect(rot).landmarks, cfg), mesh.detect(rot).landmarks)
+    assert np.abs(a[STABLE_POINTS] - b[STABLE_POINTS]).mean() < 2.0
+
+
+def test_no_face_returns_none(mesh):
+    rng = np.random.default_rng(0)
+    noise = (rng.random((240, 320, 3)) * 255).astype(np.uint8)
+    assert mesh.detect(noise) is None
+
+
+def test_several_faces_picks_largest_then_index(grid_frames):
+    big = grid_frames[0]
+    small = cv2.resize(big, None, fx=0.6, fy=0.6)
+    canvas = np.full((big.shape[0], big.shape[1] + small.shape[1], 3), 128, np.uint8)
+    canvas[:, : big.shape[1]] = big
+    canvas[: small.shape[0], big.shape[1]:] = small
+    with FaceMesh(FaceConfig()) as m:
+        first = m.detect(canvas)
+        second = m.detect(canvas, index=1)
+        with pytest.raises(TalkingFaceError, match="face index 5"):
+            m.detect(canvas, index=5)
+    assert first.n_faces == 2
+    assert interocular(first.landmarks) > interocular(second.landmarks) * 1.3
+    assert first.landmarks[:, 0].mean() < big.shape[1]  # the big face is on the left
+    with FaceMesh(FaceConfig(pick="central")) as m:
+        assert m.detect(canvas).n_faces == 2
+
+
+def test_smooth_matrices_fills_gaps_and_reduces_jitter():
+    t = 40
+    base = np.tile(np.array([[1.0, 0, 10], [0, 1.0, 20]], np.float32), (t, 1, 1))
+    rng = np.random.default_rng(0)
+    noisy = base.copy()
+    noisy[:, :, 2] += rng.normal(scale=2.0, size=(t, 2))
+    valid = np.ones(t, bool)
+    valid[10:15] = False
+    noisy[10:15] = 0  # garbage where no face was found
+    out = smooth_matrices(noisy, valid, sigma=2.0)
+    assert np.abs(out[10:15, :, 2] - base[10:15, :, 2]).max() < 3.0
+    assert np.diff(out[:, 0, 2]).std() < np.diff(noisy[valid][:, 0, 2]).std() / 2
+    with pytest.raises(TalkingFaceError, match="no face"):
+        smooth_matrices(noisy, np.zeros(t, bool), 1.0)
+
+
+def test_track_video_crops_are_steady(grid_frames):
+    frames = grid_frames[:25]
+    track = track_faces(frames, FaceConfig())
+    assert track.found.all() and track.matrices.shape == (25, 2, 3)
+    crops = crop_frames(frames, track.matrices, 128)
+    assert crops.shape == (25, 128, 128, 3)
+    lm = np.stack([transform_points(m, l) for m, l in zip(track.matrices, track.landmarks)])
+    # eyes stay put in the crop: frame-to-frame motion of the stable points is sub-pixel
+    assert np.abs(np.diff(lm[:, STABLE_POINTS], axis=0)).mean() < 0.7
+    assert np.isfinite(mouth_opening(lm)).all()
