@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,50 @@ class DataConfig:
     # Held-out speakers that go to validation rather than test (the rest go to test).
     val_speakers: tuple[str, ...] = ("u01",)
     workers: int = 2
+
+
+@dataclass(frozen=True)
+class AudioEncoderConfig:
+    n_mels: int = 80
+    dim: int = 256
+    width: int = 32
+
+
+@dataclass(frozen=True)
+class IdentityEncoderConfig:
+    width: int = 32
+    dim: int = 256
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    crop_size: int = 128
+    audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+    identity: IdentityEncoderConfig = field(default_factory=IdentityEncoderConfig)
+    hidden: int = 256
+    recurrent: bool = True  # False = the paper's frame-wise baseline (no GRU)
+    n_points: int = 69  # len(face.LOWER_FACE)
+    flow_sigma: float = 0.035  # Gaussian radius (fraction of crop size) spreading landmark motion
+    max_point_offset: float = 0.12  # landmarks move at most this fraction of the crop per frame
+    feather_rows: int = 8  # rows blended with the photo at the top of the generated half
+
+
+@dataclass(frozen=True)
+class FrameDiscriminatorConfig:
+    width: int = 32
+
+
+@dataclass(frozen=True)
+class SequenceDiscriminatorConfig:
+    width: int = 32
+
+
+@dataclass(frozen=True)
+class SyncExpertConfig:
+    frames: int = 5
+    width: int = 32
+    dim: int = 256
+    audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
 
 
 def to_dict(cfg: Any) -> dict:

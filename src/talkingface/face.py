@@ -319,3 +319,11 @@ def track_faces(frames, cfg: FaceConfig = FaceConfig()) -> FaceTrack:
 def crop_frames(frames, matrices: np.ndarray, size: int) -> np.ndarray:
     """Aligned crops (T, size, size, 3) uint8 for frames (T, H, W, 3) and transforms (T, 2, 3)."""
     return np.stack([warp_face(f, m, size) for f, m in zip(frames, matrices)])
+
+
+# Lower-face points whose motion the generator predicts from audio: both lip rings (outer and
+# inner), the jaw line below the ears, the chin midline and the cheeks beside the mouth.
+LIPS = np.array([61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 146, 91, 181, 84, 17, 314, 405, 321, 375,
+                 78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 95, 88, 178, 87, 14, 317, 402, 318, 324])
+JAW = np.array([361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150, 136, 172, 58, 132])
+LOWER_FACE = np.concatenate([LIPS, JAW, [18, 200, 199, 175], [212, 432, 202, 422, 57, 287, 204, 424]])

@@ -23,5 +23,6 @@ def image_grid(images: list[np.ndarray], cols: int, pad: int = 2, fill: int = 25
 def save_image(path: str | Path, image: np.ndarray) -> None:
     import cv2
 
-    if not cv2.imwrite(str(path), np.ascontiguousarray(image[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 90]):
+    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if str(path).lower().endswith((".jpg", ".jpeg")) else []
+    if not cv2.imwrite(str(path), np.ascontiguousarray(image[..., ::-1]), params):
         raise OSError(f"could not write {path}")

@@ -1,0 +1,223 @@
+"""Training samples from a prepared corpus, held in memory (the whole corpus is ~1.5 GB of uint8
+crops): windows of consecutive frames with their audio windows, landmarks and phonemes, plus one
+reference frame of the same clip as the identity photo.
+
+Augmentation (same draw for a sample's reference and targets, so the task stays consistent):
+colour (per-channel gain, brightness, contrast, sometimes grayscale), small similarity jitter and
+horizontal flips for appearance/pose independence; a mel-axis stretch (vocal tract length
+perturbation) and band masking for voice independence.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..audio import audio_frame_features
+from ..config import DataConfig
+from ..face import LOWER_FACE
+from .corpus import load_clip
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClipTensors:
+    clip: str
+    speaker: str
+    crops: torch.Tensor  # (T, 3, S, S) uint8
+    mel: torch.Tensor  # (T, n_mels, steps) float16, utterance-normalised log-mel windows
+    points: torch.Tensor  # (T, K, 2) lower-face landmarks in [0, 1] crop units (NaN: no face)
+    found: torch.Tensor  # (T,) bool
+    phonemes: torch.Tensor  # (T,) int64, -1 unknown
+
+
+def load_clips(corpus: str | Path, rows: list[dict], cfg: DataConfig, progress: bool = False) -> list[ClipTensors]:
+    from tqdm import tqdm
+
+    out = []
+    for r in tqdm(rows, desc="load clips", unit="clip", disable=not progress):
+        c = load_clip(corpus, r, cfg.fps)
+        t = len(c.crops)
+        mel = audio_frame_features(c.audio, t, cfg.fps, cfg.audio).half()
+        pts = torch.from_numpy(c.landmarks[:, LOWER_FACE] / cfg.face.crop_size).float()
+        out.append(ClipTensors(r["clip"], r["speaker"], torch.from_numpy(c.crops).permute(0, 3, 1, 2).contiguous(),
+                               mel, pts, torch.from_numpy(c.found), torch.from_numpy(c.phonemes)))
+    return out
+
+
+def valid_starts(clip: ClipTensors, window: int) -> np.ndarray:
+    """Start frames of windows whose every frame has a detected face."""
+    f = clip.found.numpy().astype(np.int64)
+    if len(f) < window:
+        return np.zeros(0, np.int64)
+    ok = np.convolve(f, np.ones(window, np.int64), mode="valid") == window
+    return np.nonzero(ok)[0]
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return x.float() / 127.5 - 1.0
+
+
+class WindowSampler:
+    """Random (or fixed, for validation) training windows. ``sample`` returns a dict of batched tensors:
+    ref (B, 3, S, S), ref_points (B, K, 2), target (B, T, 3, S, S), points (B, T, K, 2),
+    mel (B, T, n_mels, steps), phonemes (B, T); and with ``negatives``: neg_mel (B, T, n_mels, steps),
+    audio shifted by >= ``min_shift`` frames or taken from another clip."""
+
+    def __init__(self, clips: list[ClipTensors], window: int, augment: bool = True, min_shift: int = 3):
+        self.window = window
+        self.augment = augment
+        self.min_shift = min_shift
+        self.clips = [c for c in clips if len(valid_starts(c, window))]
+        if not self.clips:
+            raise ValueError(f"no clip has {window} consecutive frames with a face")
+        self.starts = [valid_starts(c, window) for c in self.clips]
+        dropped = len(clips) - len(self.clips)
+        if dropped:
+            log.info("%d clips shorter than a %d-frame window left out", dropped, window)
+
+    def sample(self, batch: int, rng: np.random.Generator, negatives: bool = False) -> dict:
+        items = []
+        for _ in range(batch):
+            ci = int(rng.integers(len(self.clips)))
+            c = self.clips[ci]
+            s = int(rng.choice(self.starts[ci]))
+            ref_i = int(rng.choice(np.nonzero(c.found.numpy())[0]))
+            items.append((ci, s, ref_i))
+        return self._collate(items, rng, negatives)
+
+    def fixed(self, n: int, seed: int = 0) -> dict:
+        """The same n windows every time (validation): spread over clips, deterministic."""
+        rng = np.random.default_rng(seed)
+        items = []
+        for k in range(n):
+            ci = k % len(self.clips)
+            c = self.clips[ci]
+            st = self.starts[ci]
+            s = int(st[len(st) // 2])
+            ref_i = int(np.nonzero(c.found.numpy())[0][0])  # first frame: mouth closed in GRID
+            items.append((ci, s, ref_i))
+        aug, self.augment = self.augment, False
+        try:
+            return self._collate(items, rng, negatives=True)
+        finally:
+            self.augment = aug
+
+    def _collate(self, items, rng, negatives: bool) -> dict:
+        w = self.window
+        ref, ref_pts, tgt, pts, mel, ph, neg = [], [], [], [], [], [], []
+        for ci, s, ref_i in items:
+            c = self.clips[ci]
+            ref.append(c.crops[ref_i])
+            ref_pts.append(c.points[ref_i])
+            tgt.append(c.crops[s: s + w])
+            pts.append(c.points[s: s + w])
+            mel.append(c.mel[s: s + w])
+            ph.append(c.phonemes[s: s + w])
+            if negatives:
+                neg.append(self._negative_mel(ci, s, rng))
+        out = {
+            "ref": to_float(torch.stack(ref)), "ref_points": torch.stack(ref_pts),
+            "target": to_float(torch.stack(tgt)), "points": torch.stack(pts),
+            "mel": torch.stack(mel).float(), "phonemes": torch.stack(ph),
+        }
+        if negatives:
+            out["neg_mel"] = torch.stack(neg).float()
+        if self.augment:
+            augment_batch(out, rng)
+        return out
+
+    def _negative_mel(self, ci: int, s: int, rng) -> torch.Tensor:
+        w = self.window
+        if len(self.clips) > 1 and rng.random() < 0.3:
+            cj = int(rng.integers(len(self.clips) - 1))
+            cj += cj >= ci
+            c = self.clips[cj]
+            t0 = int(rng.integers(0, max(1, len(c.mel) - w + 1)))
+            return _take(c.mel, t0, w)
+        c = self.clips[ci]
+        t = len(c.mel)
+        shifts = [d for d in range(-t, t) if abs(d) >= self.min_shift and 0 <= s + d and s + d + w <= t]
+        if not shifts:
+            return c.mel.flip(0)[:w] if t >= w else _take(c.mel, 0, w)
+        return _take(c.mel, s + int(rng.choice(shifts)), w)
+
+
+def _take(mel: torch.Tensor, t0: int, w: int) -> torch.Tensor:
+    x = mel[t0: t0 + w]
+    if len(x) < w:
+        x = torch.cat([x, x[-1:].expand(w - len(x), *x.shape[1:])])
+    return x
+
+
+def augment_batch(b: dict, rng: np.random.Generator) -> None:
+    """In place. One draw per sample, applied identically to its reference and its targets."""
+    n, t = b["target"].shape[:2]
+    s = b["target"].shape[-1]
+    # Colour: gain per channel, brightness, contrast, and 10% grayscale.
+    gain = torch.from_numpy(rng.uniform(0.8, 1.2, (n, 3, 1, 1))).float()
+    bright = torch.from_numpy(rng.uniform(-0.15, 0.15, (n, 1, 1, 1))).float()
+    contrast = torch.from_numpy(rng.uniform(0.75, 1.25, (n, 1, 1, 1))).float()
+    gray = torch.from_numpy(rng.random(n) < 0.1)
+
+    def colour(x, rep):  # x (N*rep, 3, S, S)
+        g, br, co, gr = (v.repeat_interleave(rep, 0) for v in (gain, bright, contrast, gray))
+        x = (x * g + br) * co
+        lum = x.mean(1, keepdim=True).expand_as(x)
+        x = torch.where(gr[:, None, None, None], lum, x)
+        return x.clamp(-1, 1)
+
+    # Geometry: small rotation/scale/shift and flips, as one affine per sample.
+    ang = rng.uniform(-4, 4, n) * math.pi / 180
+    sc = rng.uniform(0.95, 1.05, n)
+    sh = rng.uniform(-0.03, 0.03, (n, 2))
+    flip = rng.random(n) < 0.5
+    a = np.zeros((n, 2, 3))  # output -> input sampling map in [-1, 1] coords
+    a[:, 0, 0] = np.cos(ang) / sc * np.where(flip, -1, 1)
+    a[:, 0, 1] = -np.sin(ang) / sc
+    a[:, 1, 0] = np.sin(ang) / sc * np.where(flip, -1, 1)
+    a[:, 1, 1] = np.cos(ang) / sc
+    a[:, :, 2] = sh
+    theta = torch.from_numpy(a).float()
+
+    def geo(x, rep):
+        th = theta.repeat_interleave(rep, 0)
+        grid = F.affine_grid(th, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def geo_points(p):  # p (N, ..., K, 2) in [0, 1]; forward map = inverse of the sampling map
+        full = np.concatenate([a, np.tile([[[0, 0, 1]]], (n, 1, 1))], 1)
+        inv = torch.from_numpy(np.linalg.inv(full)[:, :2]).float()  # (N, 2, 3)
+        q = p * 2 - 1
+        shape = q.shape
+        q = q.reshape(n, -1, 2)
+        q = q @ inv[:, :, :2].transpose(1, 2) + inv[:, None, :, 2]
+        return (q.reshape(shape) + 1) / 2
+
+    b["ref"] = geo(colour(b["ref"], 1), 1)
+    b["target"] = geo(colour(b["target"].flatten(0, 1), t), t).view(n, t, 3, s, s)
+    b["ref_points"] = geo_points(b["ref_points"])
+    b["points"] = geo_points(b["points"])
+
+    # Voice: stretch the mel axis by up to +-10% (vocal tract length) and mask one band.
+    for key in ("mel", "neg_mel"):
+        if key not in b:
+            continue
+        m = b[key]  # (N, T, n_mels, steps)
+        nm, st = m.shape[2:]
+        alpha = torch.from_numpy(rng.uniform(0.9, 1.1, n)).float()
+        ys = torch.linspace(-1, 1, nm)[None, :] * alpha[:, None]  # (N, n_mels)
+        grid = torch.stack(torch.broadcast_tensors(torch.linspace(-1, 1, st)[None, None, :], ys[:, :, None]), -1)
+        warped = F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        lo = rng.integers(0, nm - 8, n)
+        for i in range(n):
+            warped[i, :, lo[i]: lo[i] + int(rng.integers(0, 8))] = 0.0
+        b[key] = warped

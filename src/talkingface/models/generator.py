@@ -1,0 +1,163 @@
+"""The audio-conditioned recurrent generator (paper idea 1), built so that unseen faces keep
+their own appearance.
+
+Per frame: audio encoder(0.35 s log-mel) + identity vector + the reference's lower-face landmarks
+-> GRU (state carried across frames and across streaming chunks) -> two heads:
+  1. motion: where the lower-face landmarks (lips, jaw, chin, cheeks) move, as offsets from the
+     reference's own landmarks. Cheap, supervised by real landmarks, and voice/face independent.
+  2. decoder (U-Net over the identity encoder's skips): a dense backward flow (initialised by
+     spreading the landmark motion with Gaussian weights, then refined), a blend mask, and an RGB
+     residual for what warping cannot make (mouth interior: teeth, tongue, dark cavity).
+Output lower face = mask * warp(reference, flow) + (1 - mask) * residual. Only the lower half of the
+aligned crop is generated: the upper face is the photo itself, which keeps identity and rules out
+flicker there.
+
+Why not the paper's decoder that paints the whole 128 px face: our training data is one GRID
+speaker plus a handful of clips of four other people. A painting decoder learns that speaker's mouth
+and pastes it on everyone; warping the photo's own pixels carries skin, lips and lighting over to
+any face. Sizes (widths 32..256, GRU 256) are picked so a model trains in about an hour on 2 cores.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import GeneratorConfig
+from ..face import LOWER_FACE
+from .audio_encoder import AudioEncoder
+from .blocks import ResBlock, conv_block
+from .identity_encoder import IdentityEncoder
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: GeneratorConfig = GeneratorConfig()):
+        super().__init__()
+        assert cfg.n_points == len(LOWER_FACE), "n_points must match face.LOWER_FACE"
+        self.cfg = cfg
+        self.audio_encoder = AudioEncoder(cfg.audio)
+        self.identity_encoder = IdentityEncoder(cfg.identity)
+        self.points_in = nn.Sequential(nn.Linear(2 * cfg.n_points, 128), nn.ReLU(inplace=True), nn.Linear(128, 128))
+        fused = cfg.audio.dim + cfg.identity.dim + 128
+        if cfg.recurrent:
+            self.gru = nn.GRU(fused, cfg.hidden, batch_first=True)
+        else:
+            self.frame_mlp = nn.Sequential(nn.Linear(fused, cfg.hidden), nn.ReLU(inplace=True), nn.Linear(cfg.hidden, cfg.hidden))
+        self.motion_head = nn.Sequential(nn.Linear(cfg.hidden, 256), nn.ReLU(inplace=True), nn.Linear(256, 2 * cfg.n_points))
+        nn.init.zeros_(self.motion_head[-1].weight)  # start from "no motion": a still photo
+        nn.init.zeros_(self.motion_head[-1].bias)
+
+        c = self.identity_encoder.channels  # [w, 2w, 4w, 8w] at S/2 .. S/16
+        s = cfg.crop_size
+        self.h0, self.w0 = s // 32, s // 16  # lower half at S/16 resolution
+        self.fc = nn.Linear(cfg.hidden, c[3] * self.h0 * self.w0)
+        # Each up stage: concat(previous, identity skip of the lower half [, flow0, warped ref]) -> conv.
+        self.up3 = nn.Sequential(conv_block(c[3] * 2, c[2]), ResBlock(c[2]))  # at S/16 -> then x2
+        self.up2 = nn.Sequential(conv_block(c[2] * 2 + 2, c[1]), ResBlock(c[1]))  # S/8
+        # The two finest scales are thin: they only refine what the warp already placed.
+        self.up1 = conv_block(c[1] * 2 + 2 + 3, c[0])  # S/8
+        self.up0 = conv_block(c[0] * 2 + 2 + 3, c[0] // 2)  # S/4
+        self.out = nn.Sequential(conv_block(c[0] // 2 + 3 + 3, c[0] // 2), nn.Conv2d(c[0] // 2, 6, 3, 1, 1))
+        nn.init.zeros_(self.out[-1].weight)
+        with torch.no_grad():  # start as "copy the warped photo": mask ~ 1
+            self.out[-1].bias.copy_(torch.tensor([0.0, 0.0, 4.0, 0.0, 0.0, 0.0]))
+
+    # ------------------------------------------------------------------------------------------
+    def encode_reference(self, ref: torch.Tensor, ref_points: torch.Tensor) -> dict:
+        """What the generator needs from the reference photo, computed once per clip/stream.
+
+        ref: (B, 3, S, S) in [-1, 1]; ref_points: (B, K, 2) lower-face landmarks in [0, 1] crop units.
+        """
+        skips, idv = self.identity_encoder(ref)
+        half = [sk[:, :, sk.shape[2] // 2:] for sk in skips]  # lower half of every skip
+        pts = self.points_in((ref_points - 0.5).flatten(1))
+        return {"ref": ref, "ref_points": ref_points, "skips": half, "id": idv, "points_feat": pts}
+
+    def forward(self, mel: torch.Tensor, ref: torch.Tensor | dict, ref_points: torch.Tensor | None = None,
+                state: torch.Tensor | None = None) -> dict:
+        """mel: (B, T, n_mels, steps) per-frame audio windows; ref: (B, 3, S, S) or an encoded
+        reference; ref_points: (B, K, 2). Returns frames (B, T, 3, S, S), lower (B, T, 3, S/2, S),
+        points (B, T, K, 2), flow, mask and the recurrent state for the next chunk."""
+        enc = ref if isinstance(ref, dict) else self.encode_reference(ref, ref_points)
+        b, t = mel.shape[:2]
+        a = self.audio_encoder(mel.flatten(0, 1)).view(b, t, -1)  # (B, T, Da)
+        cond = torch.cat([enc["id"], enc["points_feat"]], 1)[:, None].expand(b, t, -1)
+        x = torch.cat([a, cond], 2)  # (B, T, Da + Di + 128)
+        if self.cfg.recurrent:
+            h, state = self.gru(x, state)  # (B, T, H), (1, B, H)
+        else:
+            h = self.frame_mlp(x)
+        off = torch.tanh(self.motion_head(h)).view(b, t, -1, 2) * self.cfg.max_point_offset
+        points = enc["ref_points"][:, None] + off  # (B, T, K, 2)
+        out = self._render(h.flatten(0, 1), enc, points.flatten(0, 1), off.flatten(0, 1), b, t)
+        out["points"] = points
+        out["state"] = state
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    def _initial_flow(self, points: torch.Tensor, off: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """Backward flow on the lower-half grid from landmark motion: each output pixel samples the
+        reference at (itself - motion of nearby landmarks), Gaussian-weighted; far from every
+        landmark the flow fades to zero. points/off: (N, K, 2) in crop units. -> (N, 2, h, w)."""
+        h, w = hw
+        ys = (torch.arange(h, dtype=points.dtype) + 0.5) / h * 0.5 + 0.5  # lower half: y in [0.5, 1]
+        xs = (torch.arange(w, dtype=points.dtype) + 0.5) / w
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(1, h * w, 1, 2)  # (1, HW, 1, 2)
+        d2 = ((grid - points[:, None]) ** 2).sum(-1)  # (N, HW, K)
+        g = torch.exp(-d2 / (2 * self.cfg.flow_sigma**2))
+        flow = -(g @ off) / (g.sum(-1, keepdim=True) + 0.05)  # (N, HW, 2); 0.05 = weight of "no motion"
+        return flow.transpose(1, 2).reshape(-1, 2, h, w)
+
+    def _render(self, h: torch.Tensor, enc: dict, points: torch.Tensor, off: torch.Tensor, b: int, t: int) -> dict:
+        n = h.shape[0]
+        s = self.cfg.crop_size
+        rep = lambda x: x[:, None].expand(b, t, *x.shape[1:]).reshape(n, *x.shape[1:])  # noqa: E731
+        ref = enc["ref"]
+        ref_low = ref[:, :, s // 2:]  # (B, 3, S/2, S)
+        sk = enc["skips"]  # lower halves: (B, w, S/4, S/2) ... (B, 8w, S/32, S/16)
+        # The spread motion is smooth: compute it on a 4x coarser grid (4 px cells) and upsample.
+        flow_full = F.interpolate(self._initial_flow(points, off, (s // 8, s // 4)), size=(s // 2, s),
+                                  mode="bilinear", align_corners=False)  # (N, 2, S/2, S), crop units
+
+        def at(x, size):  # resize to a decoder scale
+            return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+        def warp(img, flow):  # img (N, 3, h, w), flow in crop units (x, y)
+            hh, ww = img.shape[2:]
+            base = torch.stack(torch.meshgrid(torch.linspace(-1, 1, ww), torch.linspace(-1, 1, hh), indexing="xy"), -1)
+            # crop units -> grid_sample units: x spans 1 crop width = 2; y spans half a crop = 2
+            scale = torch.tensor([2.0, 4.0], dtype=flow.dtype)
+            g = base[None] + flow.permute(0, 2, 3, 1) * scale
+            return F.grid_sample(img, g, mode="bilinear", padding_mode="border", align_corners=True)
+
+        x = self.fc(h).view(n, -1, self.h0, self.w0)  # (N, 8w, S/32, S/16)
+        x = self.up3(torch.cat([x, rep(sk[3])], 1))
+        x = F.interpolate(x, scale_factor=2, mode="nearest")  # S/16
+        size = x.shape[2:]
+        x = self.up2(torch.cat([x, rep(sk[2]), at(flow_full, size)], 1))
+        x = F.interpolate(x, scale_factor=2, mode="nearest")  # S/8
+        size = x.shape[2:]
+        f = at(flow_full, size)
+        x = self.up1(torch.cat([x, rep(sk[1]), f, warp(at(rep(ref_low), size), f)], 1))
+        x = F.interpolate(x, scale_factor=2, mode="nearest")  # S/4
+        size = x.shape[2:]
+        f = at(flow_full, size)
+        x = self.up0(torch.cat([x, rep(sk[0]), f, warp(at(rep(ref_low), size), f)], 1))
+        x = F.interpolate(x, scale_factor=2, mode="nearest")  # S/2 x S: the full lower half
+        ref_rep = rep(ref_low)
+        warped0 = warp(ref_rep, flow_full)
+        o = self.out(torch.cat([x, ref_rep, warped0], 1))  # (N, 6, S/2, S)
+        flow = flow_full + 0.05 * torch.tanh(o[:, 0:2])
+        mask = torch.sigmoid(o[:, 2:3])
+        rgb = torch.tanh(o[:, 3:6])
+        warped = warp(ref_rep, flow)
+        lower = mask * warped + (1 - mask) * rgb  # (N, 3, S/2, S)
+        # Blend the first rows into the photo so no seam can appear at the half-way line.
+        fr = self.cfg.feather_rows
+        ramp = torch.ones(1, 1, s // 2, 1)
+        ramp[:, :, :fr, 0] = torch.linspace(0, 1, fr + 2)[1:-1]
+        lower = ramp * lower + (1 - ramp) * ref_rep
+        frames = torch.cat([rep(ref[:, :, : s // 2]), lower], 2)  # (N, 3, S, S)
+        v = lambda x: x.view(b, t, *x.shape[1:])  # noqa: E731
+        return {"frames": v(frames), "lower": v(lower), "flow": v(flow), "mask": v(mask), "residual": v(rgb)}
