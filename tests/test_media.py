@@ -209,6 +209,18 @@ def test_write_read_round_trip(tmp_path, tone):
     assert _mid_rms(audio) == pytest.approx(0.5 / np.sqrt(2), rel=0.05)
 
 
+def test_written_audio_is_not_delayed(tmp_path):
+    # A noise burst at 0.5 s locates the audio exactly (a sine cannot): the encoder's priming
+    # samples must be trimmed on reading, so lip sync is not shifted.
+    x = np.zeros(2 * SR, np.float32)
+    x[8000:8400] = 0.5 * np.random.default_rng(0).normal(size=400)
+    path = tmp_path / "burst.mp4"
+    write_video(path, [np.zeros((16, 16, 3), np.uint8)] * 50, audio=x)
+    y = read_audio(path)
+    lag = int(np.argmax(np.correlate(y, x[7000:9400], "valid"))) - 7000
+    assert abs(lag) <= 32, lag
+
+
 def test_write_odd_size_is_cropped_to_even(tmp_path):
     yy, xx = np.mgrid[0:77, 0:101]
     frame = np.repeat((60 + xx + yy).astype(np.uint8)[..., None], 3, -1)

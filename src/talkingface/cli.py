@@ -64,6 +64,27 @@ def cmd_sheet(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .config import TrainConfig, config_from_json, load_config
+    from .training.trainer import train
+
+    if args.resume:
+        from pathlib import Path
+
+        saved = Path(args.resume) / "config.json"
+        if not saved.exists():
+            raise TalkingFaceError(f"{args.resume}: not a run folder (no config.json)")
+        from .config import _build, apply_overrides, to_dict
+
+        cfg = _build(TrainConfig, apply_overrides(to_dict(config_from_json(TrainConfig, saved)), args.set))
+        run_dir = train(cfg, args.resume, resume=True, progress=not args.quiet)
+    else:
+        cfg = load_config(TrainConfig, args.config, args.set)
+        run_dir = train(cfg, args.run_dir, progress=not args.quiet)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="talkingface", description="One photo + one speech clip -> a lip-synced talking-face video.")
     ap.add_argument("--debug", action=argparse.BooleanOptionalAction, default=False, help="show tracebacks and debug logs")
@@ -91,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="selection name (default: STRATEGY-UNIT-SIZE)")
     common(p, config=False)
     p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("train", help="train the sync expert or the generator (config decides)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint (its saved config, plus --set)")
+    p.add_argument("--run-dir", help="run folder (default runs/<time>-<name>)")
+    common(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sheet", help="contact sheet PNG of aligned crops of a corpus")
     p.add_argument("corpus")

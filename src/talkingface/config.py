@@ -180,3 +180,46 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 def config_from_json(cls: type, path: str | Path) -> Any:
     return _build(cls, json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Generator loss weights (paper: L1 + 0.002 frame-adv + 0.01 sequence-adv + 0.001 lip-sync) and
+    the step at which each term switches on (the paper's staged schedule)."""
+
+    l1: float = 1.0
+    points: float = 20.0  # lower-face landmarks: cheap, direct supervision of the motion head
+    frame_adv: float = 0.002
+    seq_adv: float = 0.01
+    sync: float = 0.03  # a SyncNet-style expert gives stronger, smoother gradients than lip reading
+    mask_tv: float = 0.01  # keeps the blend mask smooth (no speckled paste of the residual)
+    adv_start: int = 1000
+    sync_start: int = 1500
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "generator"
+    kind: str = "generator"  # "generator" or "sync" (the audio-visual sync expert)
+    corpus: str = "corpora/train"
+    selection: str = ""  # a selection name under corpus/selections ('' = every train clip)
+    val_split: str = "val"
+    seed: int = 0
+    steps: int = 3000
+    batch_size: int = 4
+    window: int = 12  # frames per training window (>= 11 for the sequence discriminator)
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    augment: bool = True
+    threads: int = 2
+    log_every: int = 25
+    val_every: int = 250
+    ckpt_every: int = 250
+    val_windows: int = 16
+    sync_checkpoint: str = ""  # frozen sync expert used as the lip-sync critic
+    loss: LossConfig = field(default_factory=LossConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    sync: SyncExpertConfig = field(default_factory=SyncExpertConfig)
+    frame_d: FrameDiscriminatorConfig = field(default_factory=FrameDiscriminatorConfig)
+    seq_d: SequenceDiscriminatorConfig = field(default_factory=SequenceDiscriminatorConfig)

@@ -197,7 +197,7 @@ def read_image(path: str | Path) -> np.ndarray:
                 arr = np.clip(np.round(arr / scale), 0, 255).astype(np.uint8)
                 im = Image.fromarray(arr, "L")
             return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise TalkingFaceError(f"{path}: cannot be read as an image ({_short(e)})") from None
 
 

@@ -1,0 +1,49 @@
+"""Inference core: from one aligned reference crop and per-frame audio windows to generated crops,
+streamed in chunks with the generator's recurrent state carried across them (memory stays flat
+with audio length). Pasting back into the full photo lives in ``compose.py``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .config import GeneratorConfig
+from .models.generator import Generator
+
+
+def load_generator(path, device: str = "cpu") -> tuple[Generator, GeneratorConfig, dict]:
+    from .training.checkpoint import load_model
+
+    return load_model(path, "generator", Generator, GeneratorConfig, device)
+
+
+def crop_to_tensor(crop: np.ndarray) -> torch.Tensor:
+    """(S, S, 3) uint8 -> (1, 3, S, S) float in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+
+
+def tensor_to_crops(x: torch.Tensor) -> np.ndarray:
+    """(N, 3, S, S) in [-1, 1] -> (N, S, S, 3) uint8."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def generate_crops(model: Generator, ref_crop: np.ndarray, ref_points: np.ndarray, mel: torch.Tensor,
+                   chunk: int = 50, device: str = "cpu") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (crop (S, S, 3) uint8, lower-face points (K, 2) in crop units) per frame.
+
+    ref_points: (K, 2) lower-face landmarks of the reference in [0, 1] crop units; mel: (T, n_mels, steps).
+    """
+    model.eval()
+    enc = model.encode_reference(crop_to_tensor(ref_crop).to(device),
+                                 torch.as_tensor(ref_points, dtype=torch.float32)[None].to(device))
+    state = None
+    for s in range(0, len(mel), chunk):
+        m = mel[s: s + chunk].float()[None].to(device)  # (1, t, n_mels, steps)
+        out = model(m, enc, state=state)
+        state = out["state"]
+        crops = tensor_to_crops(out["frames"][0])
+        pts = out["points"][0].cpu().numpy()
+        yield from zip(crops, pts)

@@ -1,0 +1,60 @@
+"""Loss terms: pure functions of tensors (and, for sync, a frozen expert)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (pred - target).abs().mean()
+
+
+def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Discriminator: real -> 1, fake -> 0 (binary cross-entropy on logits)."""
+    return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+
+
+def g_adv_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Generator: the non-saturating form, -log D(G(z))."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def sync_windows(lower: torch.Tensor, mel: torch.Tensor, frames: int = 5, stride: int = 1):
+    """Cut 5-frame windows out of sequences for the sync expert.
+
+    lower: (B, T, 3, H, W); mel: (B, T, n_mels, steps) -> (N, frames, 3, H, W), (N, n_mels, steps) with the
+    audio window of each video window's middle frame."""
+    t = lower.shape[1]
+    starts = range(0, t - frames + 1, stride)
+    v = torch.stack([lower[:, s: s + frames] for s in starts], 1).flatten(0, 1)
+    a = torch.stack([mel[:, s + frames // 2] for s in starts], 1).flatten(0, 1)
+    return v, a
+
+
+def sync_loss(expert, lower: torch.Tensor, mel: torch.Tensor, stride: int = 2) -> torch.Tensor:
+    """-log P(in sync) of generated lower faces with their own audio, under a frozen expert."""
+    v, a = sync_windows(lower, mel, expert.cfg.frames, stride)
+    logit = expert(v, a)
+    return F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit))
+
+
+def sync_expert_loss(expert, lower: torch.Tensor, mel: torch.Tensor, neg_mel: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Training loss of the sync expert on windows: InfoNCE over the batch's true and shifted audio,
+    plus a binary term that calibrates the logit (so the critic's P(in sync) is meaningful).
+    lower (B, F, 3, H, W), mel and neg_mel (B, n_mels, steps)."""
+    v = expert.embed_video(lower)  # (B, D)
+    a = expert.embed_audio(torch.cat([mel, neg_mel]))  # (2B, D)
+    logits = expert.logit_scale * v @ a.T + expert.logit_bias  # (B, 2B)
+    target = torch.arange(len(v))
+    nce = F.cross_entropy(logits, target)
+    pos = logits[target, target]
+    neg = logits[target, target + len(v)]
+    bce = F.binary_cross_entropy_with_logits(torch.cat([pos, neg]), torch.cat([torch.ones_like(pos), torch.zeros_like(neg)]))
+    acc = ((pos > 0).float().mean() + (neg < 0).float().mean()) / 2
+    return nce + bce, {"nce": nce.item(), "bce": bce.item(), "acc": acc.item()}
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()

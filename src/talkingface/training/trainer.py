@@ -1,0 +1,448 @@
+"""`talkingface train`: one training loop for the sync expert and the generator, chosen by config.
+
+A run lives in ``runs/<time>-<name>/``: the frozen config (config.json), train.log, metrics.csv,
+loss plots, validation sample sheets and mp4s, and checkpoint.pt (written atomically every
+``ckpt_every`` steps). ``--resume RUN_DIR`` continues a killed run from its last checkpoint with the
+same data order. Under ``torchrun --nproc_per_node=N`` the same loop runs data-parallel (DDP, gloo on
+CPU, nccl on GPU): each rank draws its own windows, gradients are averaged, rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..config import DataConfig, TrainConfig, config_from_json, save_config, to_dict
+from ..data.corpus import read_manifest
+from ..data.dataset import WindowSampler, load_clips
+from ..errors import TalkingFaceError
+from ..face import LIP_INNER_BOTTOM, LIP_INNER_TOP, LOWER_FACE, MOUTH_LEFT, MOUTH_RIGHT
+from ..models.frame_discriminator import FrameDiscriminator
+from ..models.generator import Generator
+from ..models.sequence_discriminator import SequenceDiscriminator
+from ..models.sync_expert import SyncExpert
+from . import losses
+from .checkpoint import export_model, load_checkpoint, load_model, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+# Positions of the lip points inside LOWER_FACE, for mouth opening/width from predicted points.
+_K = {int(v): i for i, v in enumerate(LOWER_FACE)}
+I_TOP, I_BOT, I_LEFT, I_RIGHT = _K[LIP_INNER_TOP], _K[LIP_INNER_BOTTOM], _K[MOUTH_LEFT], _K[MOUTH_RIGHT]
+
+
+def mouth_open_from_points(p: torch.Tensor) -> torch.Tensor:
+    """(..., K, 2) lower-face points -> inner-lip gap (...), in crop units."""
+    return (p[..., I_TOP, :] - p[..., I_BOT, :]).norm(dim=-1)
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
+    if a.std() < 1e-9 or b.std() < 1e-9:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Probability that a random positive scores above a random negative (ties count half)."""
+    pos, neg = np.asarray(pos)[:, None], np.asarray(neg)[None, :]
+    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
+
+
+def lower_half(x: torch.Tensor) -> torch.Tensor:
+    return x[..., x.shape[-2] // 2:, :]
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+class Run:
+    """Run folder, logging, metrics CSV, plots, checkpoints; rank 0 writes, other ranks stay quiet."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path | None, rank: int):
+        self.rank = rank
+        if run_dir is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            run_dir = Path("runs") / f"{stamp}-{cfg.name}"
+        self.dir = Path(run_dir)
+        if rank == 0:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "samples").mkdir(exist_ok=True)
+            save_config(cfg, self.dir / "config.json")
+            fh = logging.FileHandler(self.dir / "train.log")
+            fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            logging.getLogger("talkingface").addHandler(fh)
+        self.csv = self.dir / "metrics.csv"
+
+    def truncate_metrics(self, step: int) -> None:
+        """After a resume, forget rows logged after the checkpoint (they will be redone)."""
+        if self.rank or not self.csv.exists():
+            return
+        with open(self.csv) as f:
+            rows = list(csv.DictReader(f))
+        keep = [r for r in rows if int(r["step"]) <= step]
+        self._write_rows(keep)
+
+    def _write_rows(self, rows: list[dict]) -> None:
+        keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "step", k != "split", k))
+        with open(self.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, keys)
+            w.writeheader()
+            w.writerows(rows)
+
+    def log_metrics(self, step: int, split: str, metrics: dict) -> None:
+        if self.rank:
+            return
+        rows = []
+        if self.csv.exists():
+            with open(self.csv) as f:
+                rows = list(csv.DictReader(f))
+        rows.append({"step": step, "split": split, **{k: f"{v:.6g}" for k, v in metrics.items()}})
+        self._write_rows(rows)
+        log.info("step %d %s %s", step, split, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+    def plot(self) -> None:
+        if self.rank or not self.csv.exists():
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        with open(self.csv) as f:
+            rows = list(csv.DictReader(f))
+        keys = sorted({k for r in rows for k in r if k not in ("step", "split") and r.get(k)})
+        if not keys:
+            return
+        cols = 4
+        nrow = (len(keys) + cols - 1) // cols
+        fig, axes = plt.subplots(nrow, cols, figsize=(4 * cols, 2.6 * nrow), squeeze=False)
+        for ax, k in zip(axes.flat, keys):
+            for split in ("train", "val"):
+                pts = [(int(r["step"]), float(r[k])) for r in rows if r["split"] == split and r.get(k)]
+                if pts:
+                    ax.plot(*zip(*pts), label=split, marker="." if split == "val" else None)
+            ax.set_title(k, fontsize=9)
+            ax.legend(fontsize=7)
+        for ax in list(axes.flat)[len(keys):]:
+            ax.axis("off")
+        fig.tight_layout()
+        fig.savefig(self.dir / "losses.png", dpi=80)
+        plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _ddp_setup() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _wrap(model: torch.nn.Module, world: int) -> torch.nn.Module:
+    if world > 1:
+        return torch.nn.parallel.DistributedDataParallel(model)
+    return model
+
+
+def _bare(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _load_rows(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
+    corpus = Path(cfg.corpus)
+    rows = read_manifest(corpus)
+    train = [r for r in rows if r["split"] == "train"]
+    if cfg.selection:
+        sel_path = corpus / "selections" / f"{cfg.selection}.json"
+        if not sel_path.exists():
+            raise TalkingFaceError(f"{sel_path}: no such selection (run `talkingface select` first)")
+        chosen = set(json.loads(sel_path.read_text())["clips"])
+        train = [r for r in train if r["clip"] in chosen]
+    val = [r for r in rows if r["split"] == cfg.val_split]
+    if not train:
+        raise TalkingFaceError(f"{corpus}: no training clips")
+    return train, val
+
+
+class SyncTask:
+    """Trains the audio-visual sync expert on 5-frame windows."""
+
+    def __init__(self, cfg: TrainConfig, world: int):
+        self.cfg = cfg
+        self.model = _wrap(SyncExpert(cfg.sync), world)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr_g, betas=(0.9, 0.999))
+
+    def modules(self) -> dict:
+        return {"sync": _bare(self.model)}
+
+    def optimizers(self) -> dict:
+        return {"sync": self.opt}
+
+    def step(self, batch: dict, step: int) -> dict:
+        self.model.train()
+        f = self.cfg.sync.frames
+        lower = lower_half(batch["target"][:, :f])
+        mid = f // 2
+        loss, m = losses.sync_expert_loss(self.model.module if hasattr(self.model, "module") else self.model,
+                                          lower, batch["mel"][:, mid], batch["neg_mel"][:, mid])
+        if hasattr(self.model, "module"):  # DDP: route the backward through the wrapper's hooks
+            loss = loss + 0.0 * sum(p.sum() for p in self.model.parameters())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return {"loss": loss.item(), **m}
+
+    @torch.no_grad()
+    def validate(self, sampler: WindowSampler, run: Run, step: int) -> dict:
+        return evaluate_sync(_bare(self.model), sampler.clips)
+
+    def samples(self, *_):
+        pass
+
+    def export(self, run: Run, step: int, meta: dict) -> None:
+        export_model(run.dir / "sync_expert.pt", "sync", _bare(self.model), self.cfg.sync, {"step": step, **meta})
+
+
+@torch.no_grad()
+def evaluate_sync(expert: SyncExpert, clips, min_shift: int = 13, max_windows: int = 400) -> dict:
+    """Separation of true audio from audio shifted by >= min_shift frames (13 = 0.52 s at 25 fps) on
+    whole clips: AUC of cosine scores, and accuracy of the calibrated logit at 0."""
+    expert.eval()
+    f = expert.cfg.frames
+    pos, neg, pos_l, neg_l = [], [], [], []
+    rng = np.random.default_rng(0)
+    for c in clips:
+        t = len(c.crops)
+        starts = [s for s in range(0, t - f + 1, 2) if bool(c.found[s: s + f].all())]
+        if not starts:
+            continue
+        v = torch.stack([lower_half(c.crops[s: s + f].float() / 127.5 - 1) for s in starts])
+        ev = expert.embed_video(v)
+        mids = torch.tensor([s + f // 2 for s in starts])
+        ea = expert.embed_audio(c.mel.float()[mids])
+        shifts = []
+        for m in mids.tolist():
+            choices = [d for d in range(-t, t) if abs(d) >= min_shift and 0 <= m + d < t]
+            shifts.append(m + int(rng.choice(choices)) if choices else (m + t // 2) % t)
+        en = expert.embed_audio(c.mel.float()[torch.tensor(shifts)])
+        pos.append((ev * ea).sum(1))
+        neg.append((ev * en).sum(1))
+        pos_l.append(expert.logits(ev, ea))
+        neg_l.append(expert.logits(ev, en))
+        if sum(map(len, pos)) >= max_windows:
+            break
+    if not pos:
+        return {}
+    p, n = torch.cat(pos).numpy(), torch.cat(neg).numpy()
+    pl, nl = torch.cat(pos_l).numpy(), torch.cat(neg_l).numpy()
+    return {"auc": auc(p, n), "acc": float(((pl > 0).mean() + (nl < 0).mean()) / 2),
+            "cos_true": float(p.mean()), "cos_shifted": float(n.mean())}
+
+
+class GeneratorTask:
+    """Trains the recurrent generator with L1 + landmarks, then frame/sequence adversaries, then the
+    frozen sync critic, switching terms on at the configured steps (the paper's staged schedule)."""
+
+    def __init__(self, cfg: TrainConfig, world: int):
+        self.cfg = cfg
+        self.g = _wrap(Generator(cfg.generator), world)
+        self.fd = _wrap(FrameDiscriminator(cfg.frame_d), world)
+        self.sd = _wrap(SequenceDiscriminator(cfg.seq_d), world)
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_g, betas=tuple(cfg.betas))
+        self.opt_d = torch.optim.Adam(list(self.fd.parameters()) + list(self.sd.parameters()), lr=cfg.lr_d,
+                                      betas=tuple(cfg.betas))
+        self.expert = None
+        if cfg.sync_checkpoint and cfg.loss.sync > 0:
+            from ..config import SyncExpertConfig
+
+            self.expert, _, _ = load_model(cfg.sync_checkpoint, "sync", SyncExpert, SyncExpertConfig)
+            for p in self.expert.parameters():
+                p.requires_grad_(False)
+
+    def modules(self) -> dict:
+        return {"generator": _bare(self.g), "frame_d": _bare(self.fd), "seq_d": _bare(self.sd)}
+
+    def optimizers(self) -> dict:
+        return {"g": self.opt_g, "d": self.opt_d}
+
+    def step(self, batch: dict, step: int) -> dict:
+        lc = self.cfg.loss
+        adv = step >= lc.adv_start and (lc.frame_adv > 0 or lc.seq_adv > 0)
+        use_sync = self.expert is not None and step >= lc.sync_start
+        self.g.train()
+        out = self.g(batch["mel"], batch["ref"], batch["ref_points"])
+        fake = out["lower"]  # (B, T, 3, S/2, S)
+        real = lower_half(batch["target"])
+        m = {}
+        loss_l1 = losses.l1(fake, real)
+        loss_pts = losses.l1(out["points"], batch["points"])
+        loss = lc.l1 * loss_l1 + lc.points * loss_pts + lc.mask_tv * losses.total_variation(out["mask"])
+        m.update(l1=loss_l1.item(), points=loss_pts.item())
+        if adv:
+            for p in list(self.fd.parameters()) + list(self.sd.parameters()):
+                p.requires_grad_(False)
+            g_frame = losses.g_adv_loss(self.fd(fake.flatten(0, 1)))
+            g_seq = losses.g_adv_loss(self.sd(fake))
+            loss = loss + lc.frame_adv * g_frame + lc.seq_adv * g_seq
+            m.update(g_frame=g_frame.item(), g_seq=g_seq.item())
+        if use_sync:
+            ls = losses.sync_loss(self.expert, fake, batch["mel"])
+            loss = loss + lc.sync * ls
+            m["g_sync"] = ls.item()
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        m["loss_g"] = loss.item()
+        if adv:
+            for p in list(self.fd.parameters()) + list(self.sd.parameters()):
+                p.requires_grad_(True)
+            f = fake.detach()
+            ld = (losses.d_loss(self.fd(real.flatten(0, 1)), self.fd(f.flatten(0, 1)))
+                  + losses.d_loss(self.sd(real), self.sd(f)))
+            self.opt_d.zero_grad(set_to_none=True)
+            ld.backward()
+            self.opt_d.step()
+            m["loss_d"] = ld.item()
+        return m
+
+    @torch.no_grad()
+    def validate(self, sampler: WindowSampler, run: Run, step: int) -> dict:
+        g = _bare(self.g).eval()
+        b = sampler.fixed(self.cfg.val_windows, seed=self.cfg.seed)
+        out = g(b["mel"], b["ref"], b["ref_points"])
+        fake, real = out["lower"], lower_half(b["target"])
+        mse = ((fake - real) ** 2).mean((2, 3, 4)).clamp_min(1e-10)
+        psnr = (10 * torch.log10(4.0 / mse)).mean()  # range [-1, 1] -> peak-to-peak 2
+        opening_pred = mouth_open_from_points(out["points"])
+        opening_real = mouth_open_from_points(b["points"])
+        corr = np.mean([pearson(opening_pred[i], opening_real[i]) for i in range(len(fake))])
+        m = {"l1": losses.l1(fake, real).item(), "psnr_lower": psnr.item(),
+             "points": losses.l1(out["points"], b["points"]).item(), "mouth_open_corr": float(corr)}
+        if self.expert is not None:
+            v, a = losses.sync_windows(fake, b["mel"])
+            vr, _ = losses.sync_windows(real, b["mel"])
+            m["sync_p_fake"] = torch.sigmoid(self.expert(v, a)).mean().item()
+            m["sync_p_real"] = torch.sigmoid(self.expert(vr, a)).mean().item()
+        return m
+
+    @torch.no_grad()
+    def samples(self, sampler: WindowSampler, run: Run, step: int) -> None:
+        """Sheet: per validation window, real frames above generated ones; plus an mp4 of one whole
+        validation clip generated from its first frame and its own audio."""
+        from ..inference import generate_crops, tensor_to_crops
+        from ..media import write_video
+        from ..viz import image_grid, save_image
+
+        g = _bare(self.g).eval()
+        b = sampler.fixed(4, seed=self.cfg.seed)
+        out = g(b["mel"], b["ref"], b["ref_points"])
+        tiles = []
+        t = b["target"].shape[1]
+        idx = np.linspace(0, t - 1, 6).round().astype(int)
+        for i in range(len(b["ref"])):
+            tiles += list(tensor_to_crops(b["target"][i, idx]))
+            tiles += list(tensor_to_crops(out["frames"][i, idx]))
+        save_image(run.dir / "samples" / f"step{step:06d}.jpg", image_grid(tiles, cols=len(idx)))
+        c = sampler.clips[0]
+        ref_i = int(np.nonzero(c.found.numpy())[0][0])
+        crops = [x for x, _ in generate_crops(g, c.crops[ref_i].permute(1, 2, 0).numpy(), c.points[ref_i].numpy(), c.mel)]
+        real = c.crops.permute(0, 2, 3, 1).numpy()
+        side = [np.concatenate([r, f], 1) for r, f in zip(real, crops)]
+        write_video(run.dir / "samples" / f"step{step:06d}.mp4", side, 25.0)
+
+    def export(self, run: Run, step: int, meta: dict) -> None:
+        export_model(run.dir / "generator.pt", "generator", _bare(self.g), self.cfg.generator, {"step": step, **meta})
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = False, progress: bool = True) -> Path:
+    """Train (or resume) a run. Returns the run folder."""
+    from tqdm import tqdm
+
+    rank, world = _ddp_setup()
+    torch.set_num_threads(max(1, cfg.threads // world))
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    if cfg.kind not in ("sync", "generator"):
+        raise TalkingFaceError(f"train.kind must be 'sync' or 'generator', got {cfg.kind!r}")
+    if cfg.kind == "generator" and cfg.window < 11 and cfg.loss.seq_adv > 0:
+        raise TalkingFaceError("the sequence discriminator needs windows of >= 11 frames")
+    run = Run(cfg, Path(run_dir) if run_dir else None, rank)
+    data_cfg = config_from_json(DataConfig, Path(cfg.corpus) / "config.json")
+    train_rows, val_rows = _load_rows(cfg)
+    window = cfg.window if cfg.kind == "generator" else cfg.sync.frames
+    log.info("run %s: %d train clips, %d val clips, %s", run.dir, len(train_rows), len(val_rows), cfg.kind)
+    train_clips = load_clips(cfg.corpus, train_rows, data_cfg, progress=progress and rank == 0)
+    val_clips = load_clips(cfg.corpus, val_rows, data_cfg) if val_rows else []
+    sampler = WindowSampler(train_clips, window, augment=cfg.augment)
+    val_sampler = WindowSampler(val_clips, window, augment=False) if val_clips else None
+
+    task = SyncTask(cfg, world) if cfg.kind == "sync" else GeneratorTask(cfg, world)
+    rng = np.random.default_rng([cfg.seed, rank])
+    start = 0
+    ck_path = run.dir / "checkpoint.pt"
+    if resume:
+        ck = load_checkpoint(ck_path)
+        for k, mod in task.modules().items():
+            mod.load_state_dict(ck["models"][k])
+        for k, opt in task.optimizers().items():
+            opt.load_state_dict(ck["optim"][k])
+        start = int(ck["step"])
+        rng.bit_generator.state = json.loads(ck["rng"])[rank] if world > 1 else json.loads(ck["rng"])[0]
+        torch.set_rng_state(ck["torch_rng"])
+        run.truncate_metrics(start)
+        log.info("resumed %s at step %d", run.dir, start)
+
+    def checkpoint(step: int) -> None:
+        states = [rng.bit_generator.state]
+        if world > 1:
+            gathered = [None] * world
+            dist.all_gather_object(gathered, rng.bit_generator.state)
+            states = gathered
+        if rank == 0:
+            save_checkpoint(ck_path, {
+                "step": step, "config": json.dumps(to_dict(cfg)), "rng": json.dumps(states),
+                "torch_rng": torch.get_rng_state(),
+                "models": {k: m.state_dict() for k, m in task.modules().items()},
+                "optim": {k: o.state_dict() for k, o in task.optimizers().items()},
+            })
+
+    t0 = time.time()
+    acc: dict[str, list[float]] = {}
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.name, disable=not progress or rank > 0)
+    for step in bar:
+        batch = sampler.sample(cfg.batch_size, rng, negatives=cfg.kind == "sync")
+        m = task.step(batch, step)
+        for k, v in m.items():
+            acc.setdefault(k, []).append(v)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            avg = {k: float(np.mean(v)) for k, v in acc.items()}
+            avg["sec_per_step"] = (time.time() - t0) / max(1, done - start)
+            run.log_metrics(done, "train", avg)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in list(avg.items())[:4]})
+            acc = {}
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            checkpoint(done)
+        if (done % cfg.val_every == 0 or done == cfg.steps) and rank == 0 and val_sampler is not None:
+            run.log_metrics(done, "val", task.validate(val_sampler, run, done))
+            task.samples(val_sampler, run, done)
+            run.plot()
+    if rank == 0:
+        task.export(run, cfg.steps, {"train_seconds": round(time.time() - t0, 1), "corpus": cfg.corpus,
+                                     "selection": cfg.selection})
+    if world > 1:
+        dist.barrier()
+    return run.dir
