@@ -81,16 +81,17 @@ def steps_per_frame(cfg: AudioConfig, fps: float) -> float:
 
 
 def frame_windows(feats: torch.Tensor, n_frames: int, fps: float = 25.0,
-                  cfg: AudioConfig = AudioConfig(), pad_value: float | None = None) -> torch.Tensor:
+                  cfg: AudioConfig = AudioConfig(), pad_value: float | None = None, first: int = 0) -> torch.Tensor:
     """Cut the ``window_steps`` feature steps centred on each video frame.
 
-    feats: (C, M) features at 100 Hz. Returns (n_frames, C, window_steps). Steps outside the
-    signal are filled with ``pad_value`` (default: each band's minimum, i.e. silence).
+    feats: (C, M) features at 100 Hz. Returns (n_frames, C, window_steps) for video frames
+    ``first .. first + n_frames - 1`` (so long audio can be windowed chunk by chunk). Steps outside
+    the signal are filled with ``pad_value`` (default: each band's minimum, i.e. silence).
     """
     c, m = feats.shape
     w = cfg.window_steps
     spf = steps_per_frame(cfg, fps)
-    centres = torch.floor((torch.arange(n_frames, dtype=torch.float64) + 0.5) * spf).long()  # (T,)
+    centres = torch.floor((torch.arange(first, first + n_frames, dtype=torch.float64) + 0.5) * spf).long()  # (T,)
     starts = centres - w // 2
     left = int(max(0, -int(starts.min())))
     right = int(max(0, int(starts.max()) + w - m))

@@ -85,6 +85,16 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from . import api
+
+    model = api.load_model(args.checkpoint, args.device)
+    out = api.generate(args.face, args.audio, args.out, model=model, fps=args.fps, face_index=args.face_index,
+                       chunk=args.chunk, seed=args.seed, progress=not args.quiet)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="talkingface", description="One photo + one speech clip -> a lip-synced talking-face video.")
     ap.add_argument("--debug", action=argparse.BooleanOptionalAction, default=False, help="show tracebacks and debug logs")
@@ -95,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
         if config:
             p.add_argument("--config", help="TOML config file")
             p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)")
+
+    p = sub.add_parser("generate", help="photo + speech -> lip-synced talking-face mp4 (H.264 + AAC)")
+    p.add_argument("--face", required=True, help="photo of a face (jpg, png, webp, bmp, tiff; any size)")
+    p.add_argument("--audio", required=True, help="speech: wav, flac, mp3, m4a, ogg, or a video's audio track")
+    p.add_argument("-o", "--out", required=True, help="output .mp4")
+    p.add_argument("--checkpoint", help="generator checkpoint (default: the shipped one)")
+    p.add_argument("--fps", type=float, default=25.0)
+    p.add_argument("--face-index", type=int, default=0, help="which face when the photo has several (0 = largest)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--chunk", type=int, default=50, help="frames generated per step (memory stays flat)")
+    p.add_argument("--seed", type=int, default=0)
+    common(p, config=False)
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("prepare", help="folder of talking-head videos -> aligned, labelled corpus")
     p.add_argument("src", help="folder searched recursively for videos; a clip's speaker is its parent folder")
