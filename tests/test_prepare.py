@@ -117,8 +117,9 @@ def test_cli_select_and_sheet(corpus, tmp_path):
     r = _cli("select", str(out), "--size", "2", "--strategy", "balanced")
     assert r.returncode == 0, r.stderr
     assert "KL to target" in r.stdout
+    assert "val/test clips in the selection (by sentence or held-out speaker): 0" in r.stdout
     res = json.loads((out / "selections" / "balanced-phoneme-2.json").read_text())
-    assert len(res["clips"]) == 2 and res["after"]["kl_to_target"] >= 0
+    assert len(res["clips"]) == 2 and res["after"]["kl_to_target"] >= 0 and res["leaked_val_test_clips"] == []
     assert (out / "selections" / "balanced-phoneme-2.png").stat().st_size > 1000
     sheet = tmp_path / "sheet.png"
     r = _cli("sheet", str(out), "-o", str(sheet), "--clips", "3")

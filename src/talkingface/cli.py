@@ -52,6 +52,8 @@ def cmd_select(args) -> int:
     print(f"  {'units present':18s} {b['n_phonemes_present']:10d} {a['n_phonemes_present']:10d}")
     print(f"  {'rarest count':18s} {b['min_count']:10.0f} {a['min_count']:10.0f}")
     print("  rarest after: " + ", ".join(f"{n}={c:.0f}" for n, c in a["rarest"]))
+    print(f"  val/test clips in the selection (by sentence or held-out speaker): {len(res['leaked_val_test_clips'])}"
+          f"; held-out speakers: {', '.join(res['held_out_speakers']) or 'none'}")
     print(f"saved {res['json']} and {res['png']}")
     return 0
 

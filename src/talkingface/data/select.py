@@ -180,12 +180,20 @@ def run_select(corpus: str | Path, size: int, strategy: str = "balanced", seed: 
     # What random selection of the same size gives, averaged over seeds: the bar to beat.
     rand_kl = [kl_divergence(target[1:], hists[select_random(len(cand), min(size, len(cand)), s)].sum(0)[1:])
                for s in range(20)]
+    # The split rule, checked on what was chosen: no held-out speaker, no held-out sentence.
+    held = [r for r in rows if r.get("split") in ("val", "test")]
+    train_speakers = {r["speaker"] for r in rows if r.get("split") == "train"}
+    held_out_speakers = {r["speaker"] for r in held} - train_speakers
+    held_sentences = {r["sentence"] for r in held if r["speaker"] in train_speakers}
+    chosen = [cand[i] for i in idx]
+    leaks = [r["clip"] for r in chosen if r["speaker"] in held_out_speakers or r["sentence"] in held_sentences]
     name = name or f"{strategy}-{unit}-{size}"
     out_dir = corpus / "selections"
     out_dir.mkdir(exist_ok=True)
     result = {
         "name": name, "strategy": strategy, "unit": unit, "size": len(idx), "seed": seed, "target": target_kind,
         "candidates": len(cand), "clips": [cand[i]["clip"] for i in idx],
+        "leaked_val_test_clips": leaks, "held_out_speakers": sorted(held_out_speakers),
         "before": before, "after": after, "random_kl_mean_20_seeds": float(np.mean(rand_kl)),
         "units": names,
         "counts_before": hists.sum(0).tolist(), "counts_after": hists[idx].sum(0).tolist(),
