@@ -6,16 +6,17 @@
     for frame in api.stream("photo.jpg", "speech.wav", model=model):
         ...                                        # (H, W, 3) uint8 frames, 25 fps, as they are made
 
-Photos of any size/mode are read with EXIF orientation; the face is found and aligned once; the
-generator runs over the audio in chunks carrying its recurrent state, and every frame is pasted
-back into the full photo (see ``compose.py``).
+The face is a photo (any size/mode, EXIF orientation honoured; found and aligned once) or a video
+(dubbing: the face is tracked with smoothed alignment, frames without a face pass through, the
+video plays back and forth to cover the speech). The generator runs over the audio in chunks
+carrying its recurrent state, and every frame is pasted back into the full frame (``compose.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -27,7 +28,7 @@ from .audio import frame_windows, log_mel, normalize_utterance
 from .config import AudioConfig, FaceConfig, GeneratorConfig
 from .errors import TalkingFaceError
 from .face import LOWER_FACE, FaceMesh, alignment_matrix, transform_points, warp_face
-from .media import check_writable, is_image, n_frames_for, read_audio, read_image, write_video
+from .media import check_writable, is_image, iter_video, n_frames_for, read_audio, read_image, write_video
 
 log = logging.getLogger(__name__)
 
@@ -59,22 +60,26 @@ def load_model(checkpoint: str | Path | None = None, device: str = "cpu") -> Mod
 
 @dataclass
 class Prepared:
-    image: np.ndarray  # (H, W, 3) uint8, even size
-    matrix: np.ndarray  # (2, 3) image -> crop
-    ref_crop: np.ndarray  # (S, S, 3) uint8
-    ref_points: np.ndarray  # (K, 2) in crop units
+    """Everything generation needs, worked out once before the first frame is made."""
+
+    ref_crop: np.ndarray  # (S, S, 3) uint8: the aligned reference face the generator animates
+    ref_points: np.ndarray  # (K, 2) its lower-face landmarks, crop units
+    src_image: np.ndarray  # (H, W, 3) uint8: where the lower face's pixels are taken from
+    src_matrix: np.ndarray  # (2, 3) src_image -> crop
+    backgrounds: Callable[[int], Iterator[tuple[np.ndarray, np.ndarray | None]]]  # n -> (frame, matrix or None)
+    size: tuple[int, int]  # output (W, H)
     n_faces: int
     face_index: int
     mel: torch.Tensor  # (n_mels, M) normalised log-mel of the whole speech
     n_frames: int
-    audio_path: Path
 
 
-def prepare_inputs(face: str | Path, audio: str | Path, crop_size: int, fps: float = 25.0, face_index: int = 0,
-                   face_cfg: FaceConfig = FaceConfig(), audio_cfg: AudioConfig = AudioConfig()) -> Prepared:
-    face, audio = Path(face), Path(audio)
-    if not is_image(face):
-        raise TalkingFaceError(f"{face}: expected a photo (jpg, png, webp, bmp, tiff); video input is not supported yet")
+def _even(image: np.ndarray) -> np.ndarray:
+    h, w = image.shape[:2]
+    return np.ascontiguousarray(image[: h // 2 * 2, : w // 2 * 2])  # H.264 needs even sizes
+
+
+def _photo(face: Path, cfg: FaceConfig, face_index: int):
     image = read_image(face)
     h, w = image.shape[:2]
     if max(h, w) > MAX_SIDE:
@@ -83,50 +88,121 @@ def prepare_inputs(face: str | Path, audio: str | Path, crop_size: int, fps: flo
         f = MAX_SIDE / max(h, w)
         image = cv2.resize(image, (int(w * f), int(h * f)), interpolation=cv2.INTER_AREA)
         log.info("photo downscaled from %dx%d to %dx%d", w, h, image.shape[1], image.shape[0])
-    h, w = image.shape[:2]
-    image = np.ascontiguousarray(image[: h // 2 * 2, : w // 2 * 2])  # H.264 needs even sizes
+    image = _even(image)
     if min(image.shape[:2]) < 32:
         raise TalkingFaceError(f"{face}: image too small ({w}x{h})")
-    cfg = dataclasses.replace(face_cfg, crop_size=crop_size)
     with FaceMesh(cfg) as mesh:
         found = mesh.detect(image, index=face_index)
     if found is None:
         raise TalkingFaceError(f"{face}: no face found in the photo")
-    if found.n_faces > 1:
-        log.warning("%s: %d faces found; animating the %s one (index %d; choose with --face-index)",
-                    face, found.n_faces, "largest" if cfg.pick == "largest" else "most central", found.index)
     m = alignment_matrix(found.landmarks, cfg)
-    ref_crop = warp_face(image, m, crop_size)
-    ref_points = transform_points(m, found.landmarks)[LOWER_FACE] / crop_size
+
+    def backgrounds(n):
+        for _ in range(n):
+            yield image, m
+
+    return image, found.landmarks, m, backgrounds, found.n_faces, found.index
+
+
+def _video(face: Path, cfg: FaceConfig, fps: float):
+    """Track the face through the video (landmarks only), smooth the alignments, and pick the
+    frame with the most closed mouth as the reference. Frames are kept in memory (as JPEG when the
+    raw frames would pass ~1 GB) so the video can be played back and forth (ping-pong) to cover
+    audio longer than the video."""
+    import cv2
+
+    from .face import mouth_opening, smooth_matrices
+
+    frames, lms, found, n_faces = [], [], [], 0
+    raw_bytes = 0
+    best, best_open = None, np.inf
+    with FaceMesh(cfg, video=True) as mesh:
+        for k, frame in enumerate(iter_video(face, fps)):
+            frame = _even(frame)
+            raw_bytes += frame.nbytes
+            f = mesh.detect(frame)
+            found.append(f is not None)
+            lms.append(f.landmarks if f is not None else None)
+            if f is not None:
+                n_faces = max(n_faces, f.n_faces)
+                o = float(mouth_opening(f.landmarks))
+                if o < best_open:
+                    best, best_open = (k, frame), o
+            frames.append(frame)
+            if raw_bytes > 1 << 30:
+                frames = [f if isinstance(f, bytes) else cv2.imencode(".jpg", f[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+                          for f in frames]
+    if best is None:
+        raise TalkingFaceError(f"{face}: no face found in any frame of the video")
+    found_arr = np.array(found)
+    raw = np.stack([alignment_matrix(lm, cfg) if lm is not None else np.zeros((2, 3), np.float32) for lm in lms])
+    mats = smooth_matrices(raw, found_arr, cfg.smooth_sigma)
+    t = len(frames)
+
+    def backgrounds(n):
+        for k in range(n):
+            i = k % (2 * t - 2) if t > 1 else 0
+            i = i if i < t else 2 * t - 2 - i  # ping-pong: play forwards, then backwards
+            fr = frames[i]
+            if isinstance(fr, bytes):
+                fr = cv2.imdecode(np.frombuffer(fr, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+            yield fr, (mats[i] if found_arr[i] else None)
+
+    k, ref_frame = best
+    return ref_frame, lms[k], mats[k], backgrounds, n_faces, 0
+
+
+def prepare_inputs(face: str | Path, audio: str | Path, crop_size: int, fps: float = 25.0, face_index: int = 0,
+                   face_cfg: FaceConfig = FaceConfig(), audio_cfg: AudioConfig = AudioConfig()) -> Prepared:
+    face, audio = Path(face), Path(audio)
+    cfg = dataclasses.replace(face_cfg, crop_size=crop_size)
+    if is_image(face):
+        src, lm, m, backgrounds, n_faces, index = _photo(face, cfg, face_index)
+    else:
+        src, lm, m, backgrounds, n_faces, index = _video(face, cfg, fps)
+    if n_faces > 1:
+        log.warning("%s: %d faces found; animating the %s one (index %d; choose with --face-index)",
+                    face, n_faces, "largest" if cfg.pick == "largest" else "most central", index)
+    ref_crop = warp_face(src, m, crop_size)
+    ref_points = (transform_points(m, lm)[LOWER_FACE] / crop_size).astype(np.float32)
 
     speech = read_audio(audio, audio_cfg.sample_rate)
     if float(np.sqrt(np.mean(speech.astype(np.float64) ** 2))) < SILENCE_RMS:
         raise TalkingFaceError(f"{audio}: the audio is silent")
     n = n_frames_for(len(speech) / audio_cfg.sample_rate, fps)
     mel = normalize_utterance(log_mel(speech, audio_cfg))
-    return Prepared(image, m, ref_crop, ref_points.astype(np.float32), found.n_faces, found.index, mel, n, audio)
+    size = (src.shape[1], src.shape[0])
+    return Prepared(ref_crop, ref_points, src, m, backgrounds, size, n_faces, index, mel, n)
 
 
 @torch.no_grad()
 def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, audio_cfg: AudioConfig) -> Iterator[np.ndarray]:
     from tqdm import tqdm
 
-    from .compose import PhotoCompositor
+    from .compose import Compositor
     from .inference import crop_to_tensor
 
     g = model.generator
-    comp = PhotoCompositor(p.image, p.matrix, model.config.crop_size, model.config.feather_rows)
+    s, feather = model.config.crop_size, model.config.feather_rows
     enc = g.encode_reference(crop_to_tensor(p.ref_crop).to(model.device), torch.from_numpy(p.ref_points)[None].to(model.device))
     state = None
+    comp, comp_m = None, None
+    bgs = p.backgrounds(p.n_frames)
     with tqdm(total=p.n_frames, desc="generate", unit="frame", disable=not progress) as bar:
-        for s in range(0, p.n_frames, chunk):
-            t = min(chunk, p.n_frames - s)
-            mel = frame_windows(p.mel, t, fps, audio_cfg, first=s)[None].to(model.device)  # (1, t, n_mels, steps)
+        for start in range(0, p.n_frames, chunk):
+            t = min(chunk, p.n_frames - start)
+            mel = frame_windows(p.mel, t, fps, audio_cfg, first=start)[None].to(model.device)  # (1, t, n_mels, steps)
             out = g(mel, enc, state=state)
             state = out["state"]
             flow, mask, res = (out[k][0].cpu().numpy() for k in ("flow", "mask", "residual"))
             for i in range(t):
-                yield comp.compose(flow[i], mask[i], res[i])
+                frame, m = next(bgs)
+                if m is None:  # no face in this video frame: pass it through
+                    yield frame
+                    continue
+                if comp is None or comp_m is not m:
+                    comp, comp_m = Compositor(frame.shape, m, s, feather), m
+                yield comp.compose(frame, p.src_image, p.src_matrix, flow[i], mask[i], res[i])
             bar.update(t)
 
 
@@ -152,5 +228,5 @@ def generate(face: str | Path, audio: str | Path, out: str | Path | None = None,
         return list(frames)
     sound = read_audio(audio, OUTPUT_SAMPLE_RATE)
     n = write_video(out, frames, fps, audio=sound, sample_rate=OUTPUT_SAMPLE_RATE)
-    log.info("wrote %s: %d frames (%.2f s), %dx%d", out, n, n / fps, p.image.shape[1], p.image.shape[0])
+    log.info("wrote %s: %d frames (%.2f s), %dx%d", out, n, n / fps, *p.size)
     return Path(out)

@@ -1,0 +1,101 @@
+"""Speed and memory of `talkingface generate` on this machine.
+
+Prints: end-to-end real-time factor (load + detect + generate + paste-back + encode) for 30 s of
+speech on a ~1080p photo, model-only frames/s, and peak RSS for a long (default 10 min) speech
+clip, measured in a fresh process. Real-time factor = speech duration / wall time (>1 = faster
+than real time).
+
+    python benchmarks/generate_speed.py [--checkpoint C] [--long-minutes 10] [--skip-long]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_inputs(tmp: Path, seconds: float) -> tuple[Path, Path]:
+    import cv2
+    import soundfile as sf
+
+    from talkingface.media import read_audio, read_image
+
+    photo = read_image(ROOT / "examples/portrait.jpg")
+    h = 1080
+    face = cv2.resize(photo, (int(photo.shape[1] * h / photo.shape[0]), h), interpolation=cv2.INTER_CUBIC)
+    canvas = cv2.resize(cv2.GaussianBlur(photo, (0, 0), 15), (1920, 1080))
+    x0 = (1920 - face.shape[1]) // 2
+    canvas[:, x0: x0 + face.shape[1]] = face
+    photo_path = tmp / "photo_1080p.png"
+    cv2.imwrite(str(photo_path), canvas[..., ::-1])
+    speech = read_audio(ROOT / "examples/speech.wav", 16000)
+    reps = int(np.ceil(seconds * 16000 / len(speech)))
+    audio = np.tile(speech, reps)[: int(seconds * 16000)]
+    audio_path = tmp / f"speech_{int(seconds)}s.wav"
+    sf.write(audio_path, audio, 16000)
+    return photo_path, audio_path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint")
+    ap.add_argument("--long-minutes", type=float, default=10.0)
+    ap.add_argument("--skip-long", action=argparse.BooleanOptionalAction, default=False)
+    args = ap.parse_args()
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    import torch
+
+    from talkingface import api
+    from talkingface.audio import frame_windows, log_mel, normalize_utterance
+    from talkingface.media import read_audio
+
+    print(f"torch threads: {torch.get_num_threads()}, cpu count: {os.cpu_count()}")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        photo, speech = make_inputs(tmp, 30.0)
+        t0 = time.time()
+        model = api.load_model(args.checkpoint)
+        api.generate(photo, speech, tmp / "out.mp4", model=model, progress=False)
+        wall = time.time() - t0
+        print(f"photo 1920x1080, 30 s speech: {wall:.1f} s wall -> real-time factor {30.0 / wall:.2f}x")
+
+        mel = normalize_utterance(log_mel(read_audio(speech, 16000)))
+        g = model.generator
+        from talkingface.inference import crop_to_tensor
+
+        enc = g.encode_reference(crop_to_tensor(np.zeros((128, 128, 3), np.uint8)), torch.full((1, 69, 2), 0.5))
+        with torch.no_grad():
+            g(frame_windows(mel, 50)[None], enc)  # warm-up
+            t0 = time.time()
+            state, n = None, 0
+            for s in range(0, 500, 50):
+                out = g(frame_windows(mel, 50, first=s)[None], enc, state=state)
+                state, n = out["state"], n + 50
+            print(f"model only: {n / (time.time() - t0):.0f} frames/s (chunks of 50)")
+
+        if not args.skip_long:
+            minutes = args.long_minutes
+            _, long_speech = make_inputs(tmp, minutes * 60)
+            code = ("import sys; from talkingface import api; "
+                    f"api.generate(sys.argv[1], sys.argv[2], sys.argv[3], model=api.load_model({args.checkpoint!r}), progress=False)")
+            t0 = time.time()
+            subprocess.run([sys.executable, "-c", code, str(photo), str(long_speech), str(tmp / "long.mp4")], check=True)
+            wall = time.time() - t0
+            rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            print(f"{minutes:g} min speech on the 1080p photo: peak RSS {rss:.0f} MB, {wall:.0f} s wall "
+                  f"(real-time factor {minutes * 60 / wall:.2f}x)")
+    print("video dubbing (720p video input): not supported yet")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Shapes, initial behaviour, recurrent state carry and gradient flow of every model, and the loss
+terms. Tiny widths keep this fast on a CPU."""
+
+import math
+
+import pytest
+import torch
+
+from talkingface.config import (
+    AudioEncoderConfig, FrameDiscriminatorConfig, GeneratorConfig, IdentityEncoderConfig,
+    SequenceDiscriminatorConfig, SyncExpertConfig,
+)
+from talkingface.models.audio_encoder import AudioEncoder
+from talkingface.models.frame_discriminator import FrameDiscriminator
+from talkingface.models.generator import Generator
+from talkingface.models.identity_encoder import IdentityEncoder
+from talkingface.models.sequence_discriminator import SequenceDiscriminator
+from talkingface.models.sync_expert import SyncExpert
+from talkingface.training import losses
+
+S = 128
+K = 69
+TINY_G = GeneratorConfig(audio=AudioEncoderConfig(dim=32, width=8), identity=IdentityEncoderConfig(width=8, dim=32), hidden=32)
+TINY_SYNC = SyncExpertConfig(width=8, dim=32, audio=AudioEncoderConfig(width=8))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _ref(b=2):
+    """A smooth random 'photo' in [-1, 1] and plausible lower-face points in [0.25, 0.95]."""
+    img = torch.nn.functional.interpolate(torch.rand(b, 3, 16, 16) * 2 - 1, size=(S, S), mode="bilinear",
+                                          align_corners=False)
+    pts = torch.rand(b, K, 2) * torch.tensor([0.5, 0.4]) + torch.tensor([0.25, 0.55])
+    return img, pts
+
+
+def _mel(b, t):
+    return torch.randn(b, t, 80, 35)
+
+
+def test_audio_encoder_shape():
+    enc = AudioEncoder(AudioEncoderConfig(dim=48, width=8))
+    assert enc(torch.randn(3, 80, 35)).shape == (3, 48)
+
+
+def test_identity_encoder_shapes():
+    enc = IdentityEncoder(IdentityEncoderConfig(width=8, dim=40))
+    skips, vec = enc(torch.rand(2, 3, S, S) * 2 - 1)
+    assert [tuple(s.shape) for s in skips] == [(2, 8, 64, 64), (2, 16, 32, 32), (2, 32, 16, 16), (2, 64, 8, 8)]
+    assert vec.shape == (2, 40)
+    assert enc.channels == [8, 16, 32, 64]
+
+
+def test_generator_output_shapes_and_ranges():
+    g = Generator(TINY_G)
+    ref, pts = _ref(2)
+    out = g(_mel(2, 5), ref, pts)
+    assert out["frames"].shape == (2, 5, 3, S, S)
+    assert out["lower"].shape == (2, 5, 3, S // 2, S)
+    assert out["flow"].shape == (2, 5, 2, S // 2, S)
+    assert out["mask"].shape == (2, 5, 1, S // 2, S)
+    assert out["residual"].shape == (2, 5, 3, S // 2, S)
+    assert out["points"].shape == (2, 5, K, 2)
+    assert out["state"].shape == (1, 2, TINY_G.hidden)
+    assert 0 <= out["mask"].min() and out["mask"].max() <= 1
+    assert -1 <= out["residual"].min() and out["residual"].max() <= 1
+    for v in out.values():
+        assert torch.isfinite(v).all()
+
+
+def test_generator_starts_as_a_copy_of_the_photo():
+    g = Generator(TINY_G).eval()
+    ref, pts = _ref(2)
+    with torch.no_grad():
+        out = g(_mel(2, 4), ref, pts)
+    frames = out["frames"]
+    upper = ref[:, None, :, : S // 2].expand_as(frames[:, :, :, : S // 2])
+    assert torch.equal(frames[:, :, :, : S // 2], upper)  # the upper face IS the photo
+    diff = (frames[:, :, :, S // 2:] - ref[:, None, :, S // 2:]).abs().mean()
+    assert diff < 0.05, diff
+    assert out["mask"].mean() > 0.95  # mask starts near 1: "copy the warped photo"
+    torch.testing.assert_close(out["points"], pts[:, None].expand_as(out["points"]))  # no motion yet
+
+
+def _randomize_zero_init(g):
+    """Move the zero-initialised output layers off zero, as training does after its first steps."""
+    with torch.no_grad():
+        for p in list(g.motion_head[-1].parameters()) + [g.out[-1].weight]:
+            p.normal_(0, 0.05)
+
+
+def test_generator_state_carry_equals_one_pass():
+    g = Generator(TINY_G)
+    _randomize_zero_init(g)
+    g.eval()
+    ref, pts = _ref(1)
+    mel = _mel(1, 20)
+    with torch.no_grad():
+        full = g(mel, ref, pts)
+        enc = g.encode_reference(ref, pts)
+        state, frames, points = None, [], []
+        for a, b in [(0, 7), (7, 14), (14, 20)]:
+            o = g(mel[:, a:b], enc, state=state)
+            state = o["state"]
+            frames.append(o["frames"])
+            points.append(o["points"])
+    torch.testing.assert_close(torch.cat(frames, 1), full["frames"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.cat(points, 1), full["points"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(state, full["state"], atol=1e-5, rtol=0)
+    # the state matters: starting the last chunk from scratch gives other points
+    fresh = g(mel[:, 14:20], enc)
+    assert not torch.allclose(fresh["points"], full["points"][:, 14:20], atol=1e-6)
+
+
+def test_non_recurrent_generator_runs():
+    import dataclasses
+
+    g = Generator(dataclasses.replace(TINY_G, recurrent=False))
+    assert not hasattr(g, "gru")
+    ref, pts = _ref(2)
+    out = g(_mel(2, 3), ref, pts)
+    assert out["frames"].shape == (2, 3, 3, S, S) and out["state"] is None
+    out["lower"].mean().backward()
+
+
+def test_gradients_reach_audio_identity_and_gru():
+    g = Generator(TINY_G)
+    g.train()
+    ref, pts = _ref(2)
+    mel = _mel(2, 4)
+    target = torch.rand(2, 4, 3, S // 2, S) * 2 - 1
+    opt = torch.optim.Adam(g.parameters(), lr=1e-2)
+    # At init the output layers are zero ("still photo"), so only they get gradients; one step
+    # moves them off zero, after which the whole network learns.
+    for step in range(2):
+        opt.zero_grad()
+        loss = losses.l1(g(mel, ref, pts)["lower"], target)
+        loss.backward()
+        if step == 0:
+            assert g.out[-1].weight.grad.abs().sum() > 0
+            assert g.motion_head[-1].weight.grad.abs().sum() > 0
+            opt.step()
+
+    def total(m):
+        return sum(p.grad.abs().sum().item() for p in m.parameters() if p.grad is not None)
+
+    assert total(g.audio_encoder) > 0
+    assert total(g.identity_encoder) > 0
+    assert total(g.gru) > 0
+    assert all(p.grad is not None for p in g.gru.parameters())
+    assert all(math.isfinite(p.grad.abs().sum().item()) for p in g.parameters() if p.grad is not None)
+
+
+def test_frame_discriminator_shape():
+    d = FrameDiscriminator(FrameDiscriminatorConfig(width=8))
+    assert d(torch.rand(3, 3, S // 2, S) * 2 - 1).shape == (3, 1, 8, 16)
+
+
+def test_sequence_discriminator_shape():
+    d = SequenceDiscriminator(SequenceDiscriminatorConfig(width=8))
+    out = d(torch.rand(2, 12, 3, S // 2, S) * 2 - 1)
+    assert out.shape == (2, 1, 3, 4, 8)
+
+
+def test_sync_expert_shapes():
+    e = SyncExpert(TINY_SYNC)
+    lower = torch.rand(3, 5, 3, S // 2, S) * 2 - 1
+    mel = torch.randn(3, 80, 35)
+    assert e(lower, mel).shape == (3,)
+    v, a = e.embed_video(lower), e.embed_audio(mel)
+    assert v.shape == a.shape == (3, 32)
+    torch.testing.assert_close(v.norm(dim=1), torch.ones(3))
+    g = SyncExpert.to_gray(lower)
+    assert g.shape == (3, 5, S // 2, S)
+
+
+def test_losses_are_finite():
+    real, fake = torch.randn(4, 1, 8, 16), torch.randn(4, 1, 8, 16)
+    for x in (losses.d_loss(real, fake), losses.g_adv_loss(fake), losses.total_variation(torch.rand(2, 1, 8, 8)),
+              losses.l1(real, fake)):
+        assert x.ndim == 0 and torch.isfinite(x)
+    # an all-confident discriminator: d_loss near 0; a fooled one: large
+    assert losses.d_loss(torch.full((4,), 20.0), torch.full((4,), -20.0)) < 1e-6
+    assert losses.d_loss(torch.full((4,), -20.0), torch.full((4,), 20.0)) > 10
+    assert losses.total_variation(torch.ones(1, 1, 8, 8)) == 0
+
+    e = SyncExpert(TINY_SYNC)
+    lower = torch.rand(2, 9, 3, S // 2, S) * 2 - 1
+    mel = torch.randn(2, 9, 80, 35)
+    v, a = losses.sync_windows(lower, mel)
+    assert v.shape == (2 * 5, 5, 3, S // 2, S) and a.shape == (2 * 5, 80, 35)
+    torch.testing.assert_close(a[1], mel[0, 3])  # window starting at frame 1 -> audio of frame 3
+    ls = losses.sync_loss(e, lower, mel)
+    assert ls.ndim == 0 and torch.isfinite(ls)
+
+    loss, m = losses.sync_expert_loss(e, lower[:, :5], mel[:, 2], torch.randn(2, 80, 35))
+    assert torch.isfinite(loss) and 0.0 <= m["acc"] <= 1.0
+    assert math.isfinite(m["nce"]) and math.isfinite(m["bce"])
+    loss.backward()
+    assert e.logit_scale.grad is not None and torch.isfinite(e.logit_scale.grad)
