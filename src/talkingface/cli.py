@@ -4,6 +4,7 @@ problem with the user's input ends as one line on stderr and a non-zero exit, no
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,33 @@ def _quiet_native_logs() -> None:
     # MediaPipe / TFLite log through glog and absl to stderr; keep their chatter out of the CLI.
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """MediaPipe's absl logging and TFLite write straight to file descriptor 2 and ignore the
+    variables above. Point fd 2 at /dev/null while the command runs; Python's own stderr (errors,
+    logs, progress bars) keeps writing to the real one through a duplicate descriptor."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable stderr: nothing to protect
+        yield
+        return
+    old = sys.stderr
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        sys.stderr = open(saved, "w", buffering=1, closefd=False, errors="backslashreplace")
+        yield
+    finally:
+        sys.stderr.flush()
+        if sys.stderr is not old:
+            sys.stderr.close()
+        sys.stderr = old
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _data_config(args):
@@ -97,6 +125,19 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    import time
+    from pathlib import Path
+
+    from .evaluation.evaluate import evaluate
+
+    out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-evaluate"
+    res = evaluate(args.checkpoint, args.corpus, args.split, args.sync_model, out, args.max_clips, progress=not args.quiet)
+    print((out / "report.md").read_text())
+    print(f"report: {out / 'report.md'} ({len(res['clips'])} clips, {res['seconds']} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="talkingface", description="One photo + one speech clip -> a lip-synced talking-face video.")
     ap.add_argument("--debug", action=argparse.BooleanOptionalAction, default=False, help="show tracebacks and debug logs")
@@ -144,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("evaluate", help="metrics, baselines and calibration on a corpus split -> report.md")
+    p.add_argument("--checkpoint", action="append", default=[], help="generator checkpoint (repeatable)")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--sync-model", required=True, help="evaluation sync expert (trained apart from the generator's critic)")
+    p.add_argument("--max-clips", type=int, default=0, help="evaluate at most this many clips (0 = all)")
+    p.add_argument("-o", "--out", help="report folder (default runs/<time>-evaluate)")
+    common(p, config=False)
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("sheet", help="contact sheet PNG of aligned crops of a corpus")
     p.add_argument("corpus")
     p.add_argument("-o", "--out", default="contact_sheet.png")
@@ -156,8 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    if args.debug:
+        return _main(args)
+    with _native_stderr_silenced():
+        return _main(args)
+
+
+def _main(args) -> int:
+    # The handler is made here, inside the redirect: it must hold the stderr that stays visible.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, handlers=[handler])
     _quiet_native_logs()
     try:
         return args.func(args)
