@@ -25,8 +25,13 @@ TINY_SYNC = SyncExpertConfig(width=8, dim=32, audio=AudioEncoderConfig(width=8))
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_one_thread():
+    # One thread: on a busy 2-core machine, intra-op threads only fight each other.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
+    yield
+    torch.set_num_threads(n)
 
 
 def _ref(b=2):

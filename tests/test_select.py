@@ -97,8 +97,10 @@ def test_real_grid_clips():
     hists = np.array([phoneme_histogram(words_to_frame_phonemes(read_align(p), 75))
                       for p in sorted(GRID.glob("*.align"))])
     target = target_distribution(hists.sum(0))
-    assert select_balanced(hists, 1, target)[0] in (0, 1)
-    assert select_balanced(hists, 5, target) == [0, 1]
+    n = len(hists)
+    assert n >= 2
+    assert select_balanced(hists, 1, target)[0] in range(n)
+    assert select_balanced(hists, n + 3, target) == list(range(n))  # asking for more than exist returns all
 
 
 def test_deterministic_and_sizes():

@@ -161,8 +161,9 @@ def prepare_inputs(face: str | Path, audio: str | Path, crop_size: int, fps: flo
     else:
         src, lm, m, backgrounds, n_faces, index = _video(face, cfg, fps)
     if n_faces > 1:
-        log.warning("%s: %d faces found; animating the %s one (index %d; choose with --face-index)",
-                    face, n_faces, "largest" if cfg.pick == "largest" else "most central", index)
+        order = "largest" if cfg.pick == "largest" else "most central"
+        which = f"the {order} one (index 0)" if index == 0 else f"index {index} (0 = the {order})"
+        log.warning("%s: %d faces found; animating %s; choose with --face-index", face, n_faces, which)
     ref_crop = warp_face(src, m, crop_size)
     ref_points = (transform_points(m, lm)[LOWER_FACE] / crop_size).astype(np.float32)
 

@@ -232,6 +232,8 @@ def _main(args) -> int:
             raise
         print(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (run with --debug for details)", file=sys.stderr)
         return 1
+    finally:
+        logging.getLogger().removeHandler(handler)  # it writes to a stderr that closes with the redirect
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,12 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     """Write ``payload`` (tensors, numbers, strings, lists/dicts of them) to ``path`` atomically."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a failed or interrupted save leaves neither a temp file nor a broken path
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -32,9 +37,14 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise TalkingFaceError(f"{path}: refused: the checkpoint holds pickled objects, not plain tensors ({first[:120]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        # torch names the blocked class/function ("GLOBAL module.name"); without one, the bytes are
+        # simply not a pickle (garbage), which is not a refusal.
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found is None:
+            raise TalkingFaceError(f"{path}: not a readable checkpoint (corrupt or not a torch file)") from None
+        raise TalkingFaceError(f"{path}: refused: the checkpoint holds pickled objects ({found.group(1)}), "
+                               "not plain tensors") from None
+    except Exception as e:  # garbage bytes make the unpickler fail in many ways (IndexError, KeyError, ...)
         raise TalkingFaceError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
 
 

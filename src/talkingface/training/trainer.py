@@ -24,6 +24,7 @@ from ..config import DataConfig, TrainConfig, config_from_json, save_config, to_
 from ..data.corpus import read_manifest
 from ..data.dataset import WindowSampler, load_clips
 from ..errors import TalkingFaceError
+from ..evaluation.metrics import auc, pearson
 from ..face import LIP_INNER_BOTTOM, LIP_INNER_TOP, LOWER_FACE, MOUTH_LEFT, MOUTH_RIGHT
 from ..models.frame_discriminator import FrameDiscriminator
 from ..models.generator import Generator
@@ -44,19 +45,6 @@ def mouth_open_from_points(p: torch.Tensor) -> torch.Tensor:
     return (p[..., I_TOP, :] - p[..., I_BOT, :]).norm(dim=-1)
 
 
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
-    if a.std() < 1e-9 or b.std() < 1e-9:
-        return 0.0
-    return float(np.corrcoef(a, b)[0, 1])
-
-
-def auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """Probability that a random positive scores above a random negative (ties count half)."""
-    pos, neg = np.asarray(pos)[:, None], np.asarray(neg)[None, :]
-    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
-
-
 def lower_half(x: torch.Tensor) -> torch.Tensor:
     return x[..., x.shape[-2] // 2:, :]
 
@@ -67,8 +55,11 @@ def lower_half(x: torch.Tensor) -> torch.Tensor:
 class Run:
     """Run folder, logging, metrics CSV, plots, checkpoints; rank 0 writes, other ranks stay quiet."""
 
+    _handler: logging.Handler | None = None  # the train.log handler of the latest run in this process
+
     def __init__(self, cfg: TrainConfig, run_dir: Path | None, rank: int):
         self.rank = rank
+        Run.close()  # an earlier run in this process must not keep logging into its own train.log
         if run_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_dir = Path("runs") / f"{stamp}-{cfg.name}"
@@ -80,7 +71,15 @@ class Run:
             fh = logging.FileHandler(self.dir / "train.log")
             fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             logging.getLogger("talkingface").addHandler(fh)
+            Run._handler = fh
         self.csv = self.dir / "metrics.csv"
+
+    @staticmethod
+    def close() -> None:
+        if Run._handler is not None:
+            logging.getLogger("talkingface").removeHandler(Run._handler)
+            Run._handler.close()
+            Run._handler = None
 
     def truncate_metrics(self, step: int) -> None:
         """After a resume, forget rows logged after the checkpoint (they will be redone)."""
@@ -93,10 +92,12 @@ class Run:
 
     def _write_rows(self, rows: list[dict]) -> None:
         keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "step", k != "split", k))
-        with open(self.csv, "w", newline="") as f:
+        tmp = self.csv.with_name(self.csv.name + ".tmp")
+        with open(tmp, "w", newline="") as f:  # atomic: a run killed mid-write keeps the old file
             w = csv.DictWriter(f, keys)
             w.writeheader()
             w.writerows(rows)
+        os.replace(tmp, self.csv)
 
     def log_metrics(self, step: int, split: str, metrics: dict) -> None:
         if self.rank:
@@ -180,7 +181,11 @@ class SyncTask:
 
     def __init__(self, cfg: TrainConfig, world: int):
         self.cfg = cfg
-        self.model = _wrap(SyncExpert(cfg.sync), world)
+        self.world = world
+        # Not DDP-wrapped: the loss needs the expert's two embeddings, not its forward, and a DDP
+        # wrapper only averages gradients of outputs of its own forward. Gradients are averaged by
+        # hand in ``step`` instead.
+        self.model = SyncExpert(cfg.sync)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr_g, betas=(0.9, 0.999))
 
     def modules(self) -> dict:
@@ -194,12 +199,15 @@ class SyncTask:
         f = self.cfg.sync.frames
         lower = lower_half(batch["target"][:, :f])
         mid = f // 2
-        loss, m = losses.sync_expert_loss(self.model.module if hasattr(self.model, "module") else self.model,
-                                          lower, batch["mel"][:, mid], batch["neg_mel"][:, mid])
-        if hasattr(self.model, "module"):  # DDP: route the backward through the wrapper's hooks
-            loss = loss + 0.0 * sum(p.sum() for p in self.model.parameters())
+        loss, m = losses.sync_expert_loss(self.model, lower, batch["mel"][:, mid], batch["neg_mel"][:, mid])
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.world > 1:
+            for p in self.model.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
         self.opt.step()
         return {"loss": loss.item(), **m}
 
@@ -440,9 +448,26 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
             run.log_metrics(done, "val", task.validate(val_sampler, run, done))
             task.samples(val_sampler, run, done)
             run.plot()
+    if world > 1:
+        _check_ranks_in_sync(task, rank, world)
     if rank == 0:
         task.export(run, cfg.steps, {"train_seconds": round(time.time() - t0, 1), "corpus": cfg.corpus,
                                      "selection": cfg.selection})
     if world > 1:
         dist.barrier()
+    Run.close()
     return run.dir
+
+
+def _check_ranks_in_sync(task, rank: int, world: int) -> None:
+    """Data-parallel ranks must end with identical weights (else rank 0 exports one of N models):
+    compare a float64 checksum of every trained module's parameters across ranks."""
+    sums = torch.tensor([float(sum(p.detach().double().sum() + p.detach().double().square().sum() for p in m.parameters()))
+                         for m in task.modules().values()], dtype=torch.float64)
+    gathered = [torch.zeros_like(sums) for _ in range(world)]
+    dist.all_gather(gathered, sums)
+    in_sync = all(torch.equal(g, gathered[0]) for g in gathered)
+    if rank == 0:
+        log.info("ddp weights in sync: %s", in_sync)
+    if not in_sync:
+        raise RuntimeError(f"ddp ranks ended with different weights (checksums {[g.tolist() for g in gathered]})")

@@ -1,0 +1,372 @@
+"""Generation end to end (API and CLI) with a tiny random generator exported to a checkpoint: output
+format and timing, untouched background, determinism, streaming, odd but valid inputs, and clean
+one-line failures that leave nothing behind."""
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from talkingface import api
+from talkingface.cli import main
+from talkingface.config import AudioEncoderConfig, GeneratorConfig, IdentityEncoderConfig
+from talkingface.errors import TalkingFaceError
+from talkingface.media import read_audio, read_video, write_video
+from talkingface.models.generator import Generator
+from talkingface.training.checkpoint import export_model
+
+DATA = Path(__file__).parent / "data"
+GRID = DATA / "grid/s1/bbaf2n.mp4"
+TINY_G = GeneratorConfig(audio=AudioEncoderConfig(dim=32, width=8), identity=IdentityEncoderConfig(width=8, dim=32), hidden=32)
+SR = 16000
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A photo (a GRID frame, 360x288), 1 s of its speech, and a tiny generator checkpoint whose
+    output layers are nudged off their "copy the photo" initialisation so frames really change."""
+    d = tmp_path_factory.mktemp("gen_assets")
+    frames, audio = read_video(GRID, sample_rate=SR)
+    photo = frames[0]
+    Image.fromarray(photo).save(d / "face.png")
+    speech = audio[8000:24000]  # 1.0 s with speech in it
+    sf.write(d / "speech.wav", speech, SR)
+    sf.write(d / "short.wav", audio[12000:18400], SR)  # 0.4 s: 10 frames, for the many odd inputs
+    torch.manual_seed(0)
+    g = Generator(TINY_G)
+    with torch.no_grad():
+        for p in list(g.motion_head[-1].parameters()) + [g.out[-1].weight]:
+            p.normal_(0, 0.02)
+    export_model(d / "tiny.pt", "generator", g, TINY_G, {"note": "random init, for tests"})
+    return {"dir": d, "face": d / "face.png", "speech": d / "speech.wav", "short": d / "short.wav",
+            "ckpt": d / "tiny.pt", "photo": photo, "frames": frames, "audio": audio}
+
+
+@pytest.fixture(scope="module")
+def model(assets):
+    return api.load_model(assets["ckpt"])
+
+
+def decode(path):
+    """(frames (N, H, W, 3) uint8, average fps, audio codec names, audio seconds)."""
+    with av.open(str(path)) as c:
+        vs = c.streams.video[0]
+        fps = float(vs.average_rate)
+        codecs = [s.codec_context.name for s in c.streams.audio]
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    audio_s = len(read_audio(path, SR)) / SR if codecs else 0.0
+    return frames, fps, codecs, audio_s
+
+
+def expected_frames(audio_path):
+    info = sf.info(str(audio_path))
+    return round(info.frames / info.samplerate * 25)
+
+
+# ----------------------------------------------------------------------------------------------
+# API
+
+
+def test_generate_mp4_format_background_and_determinism(assets, model, tmp_path):
+    out_a, out_b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    assert api.generate(assets["face"], assets["speech"], out_a, model=model, seed=3, progress=False) == out_a
+    api.generate(assets["face"], assets["speech"], out_b, model=model, seed=3, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["a.mp4", "b.mp4"]  # no temp files left
+    fa, fps, codecs, audio_s = decode(out_a)
+    fb, *_ = decode(out_b)
+    assert fps == 25.0
+    assert abs(len(fa) - expected_frames(assets["speech"])) <= 1
+    assert fa.shape[1:] == assets["photo"].shape  # 288 x 360, already even
+    assert codecs == ["aac"] and abs(audio_s - 1.0) < 0.1
+    assert np.array_equal(fa, fb)  # same seed, same video
+    # far from the face (box about x 100-206, y 117-251) the photo is untouched, up to H.264 loss
+    corner = np.abs(fa[:, :60, :60].astype(float) - assets["photo"][None, :60, :60]).mean()
+    assert corner < 3, corner
+    # while the lower face is the (random) generator's work
+    lower = np.abs(fa[:, 190:260, 90:230].astype(float) - assets["photo"][None, 190:260, 90:230]).mean()
+    assert lower > 2, lower
+
+
+def test_stream_and_frame_list(assets, model):
+    streamed = list(api.stream(assets["face"], assets["short"], model=model))
+    assert len(streamed) == expected_frames(assets["short"]) == 10
+    assert all(f.shape == assets["photo"].shape and f.dtype == np.uint8 for f in streamed)
+    listed = api.generate(assets["face"], assets["short"], out=None, model=model, progress=False)
+    assert isinstance(listed, list) and len(listed) == 10
+    assert all(np.array_equal(a, b) for a, b in zip(streamed, listed))
+    # uncompressed, the photo outside the lower face is bit-exact
+    assert np.array_equal(listed[5][:100], assets["photo"][:100])
+    assert np.array_equal(listed[5][:, :60], assets["photo"][:, :60])
+
+
+def test_keyboard_interrupt_leaves_no_output(assets, model, tmp_path, monkeypatch):
+    from talkingface import compose
+
+    calls = {"n": 0}
+    real = compose.Compositor.compose
+
+    def flaky(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(compose.Compositor, "compose", flaky)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "talk.mp4"
+    with pytest.raises(KeyboardInterrupt):
+        api.generate(assets["face"], assets["speech"], out, model=model, progress=False)
+    assert calls["n"] == 5 and os.listdir(out_dir) == []
+    # an existing output is left as it was
+    out.write_bytes(b"old")
+    calls["n"] = 0
+    rc, err = run_cli(["generate", "-q", "--face", str(assets["face"]), "--audio", str(assets["speech"]), "-o", str(out),
+                       "--checkpoint", str(assets["ckpt"])])
+    assert rc == 130 and "interrupted" in err
+    assert os.listdir(out_dir) == ["talk.mp4"] and out.read_bytes() == b"old"
+
+
+def test_shipped_checkpoint(assets, tmp_path):
+    if not api.default_checkpoint().is_file():
+        pytest.skip("no shipped checkpoint in this checkout yet")
+    frames = api.generate(assets["face"], assets["short"], out=None, progress=False)
+    assert len(frames) == 10 and frames[0].shape == assets["photo"].shape
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+_capfd = None
+
+
+@pytest.fixture(autouse=True)
+def _cli_capture(capfd):
+    global _capfd
+    _capfd = capfd
+    yield
+    _capfd = None
+
+
+def run_cli(argv):
+    """Run the CLI in this process; returns (exit code, what it wrote to stderr)."""
+    _capfd.readouterr()
+    rc = main(argv)
+    return rc, _capfd.readouterr().err
+
+
+def gen_args(assets, face=None, audio=None, out=None, *extra):
+    return ["generate", "-q", "--face", str(face or assets["face"]), "--audio", str(audio or assets["short"]),
+            "-o", str(out), "--checkpoint", str(assets["ckpt"]), *extra]
+
+
+def _noise(path, size=(160, 200)):
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((*size, 3)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def _bytes(path, data):
+    Path(path).write_bytes(data)
+    return path
+
+
+BAD = {
+    "no face": lambda a, d: {"face": _noise(d / "noise.png")},
+    "corrupt image": lambda a, d: {"face": _bytes(d / "bad.jpg", np.random.default_rng(1).bytes(3000))},
+    "zero-byte image": lambda a, d: {"face": _bytes(d / "empty.png", b"")},
+    "missing image": lambda a, d: {"face": d / "missing.jpg"},
+    "corrupt video as face": lambda a, d: {"face": _bytes(d / "bad.mp4", np.random.default_rng(2).bytes(3000))},
+    "text file as face": lambda a, d: {"face": _bytes(d / "face.txt", b"hello\n")},
+    "zero-byte audio": lambda a, d: {"audio": _bytes(d / "empty.wav", b"")},
+    "corrupt audio": lambda a, d: {"audio": _bytes(d / "bad.wav", b"RIFF" + np.random.default_rng(3).bytes(3000))},
+    "silent audio": lambda a, d: (sf.write(d / "silence.wav", np.zeros(SR, np.float32), SR), {"audio": d / "silence.wav"})[1],
+    "audio without audio track": lambda a, d: (write_video(d / "mute.mp4", a["frames"][:5]), {"audio": d / "mute.mp4"})[1],
+    "face index out of range": lambda a, d: {"extra": ["--face-index", "5"]},
+    "output parent is a file": lambda a, d: {"out": _bytes(d / "file.txt", b"x") / "out.mp4"},
+    "output folder missing": lambda a, d: {"out": d / "missing" / "out.mp4"},
+    "output is a folder": lambda a, d: {"out": d},
+    "output is the audio input": lambda a, d: (shutil.copy(a["short"], d / "speech.wav"),
+                                               {"audio": d / "speech.wav", "out": d / "speech.wav"})[1],
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_cli_bad_input_one_line_error_and_nothing_written(assets, tmp_path, case):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    spec = BAD[case](assets, inputs if "output" not in case else out_dir)
+    out = spec.get("out", out_dir / "talk.mp4")
+    before = {p: p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()}
+    rc, err = run_cli(gen_args(assets, spec.get("face"), spec.get("audio"), out, *spec.get("extra", [])))
+    assert rc != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    after = {p: p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # no output, no temp file, inputs untouched
+
+
+def test_cli_real_process_stderr_is_one_line(assets, tmp_path):
+    """As users see it: native MediaPipe/TFLite chatter must not surround the error line."""
+    face = _noise(tmp_path / "noise.png")
+    r = subprocess.run([sys.executable, "-m", "talkingface.cli", *gen_args(assets, face, None, tmp_path / "o.mp4")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"error: {face}: no face found in the photo"], r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["noise.png"]
+
+
+def _two_faces(assets, path):
+    import cv2
+
+    face = assets["photo"][20:280, 60:300]
+    small = cv2.resize(face, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
+    canvas = np.full((260, 260 + small.shape[1], 3), 128, np.uint8)
+    canvas[:, :240] = face
+    canvas[40:40 + small.shape[0], 260:260 + small.shape[1]] = small
+    Image.fromarray(canvas).save(path)
+    return path
+
+
+def test_cli_several_faces(assets, model, tmp_path, caplog):
+    face = _two_faces(assets, tmp_path / "two.png")
+    caplog.set_level(logging.WARNING, logger="talkingface")
+    rc, err = run_cli(gen_args(assets, face, None, tmp_path / "o0.mp4"))
+    assert rc == 0, err
+    assert "2 faces found" in caplog.text and "--face-index" in caplog.text
+    rc, err = run_cli(gen_args(assets, face, None, tmp_path / "o1.mp4", "--face-index", "1"))
+    assert rc == 0, err
+    f0, *_ = decode(tmp_path / "o0.mp4")
+    f1, *_ = decode(tmp_path / "o1.mp4")
+    assert f0.shape == f1.shape == (10, 260, 260 + 144, 3)
+    assert "index 1 (0 = the largest)" in caplog.text
+    # index 0 animates the large face (left), index 1 the small one (right); uncompressed frames
+    # are bit-exact outside the animated face
+    photo = np.asarray(Image.open(face).convert("RGB"))
+    for index, (animated, still) in enumerate([(np.s_[:, :240], np.s_[:, 250:]), (np.s_[:, 250:], np.s_[:, :250])]):
+        frames = api.generate(face, assets["short"], None, model=model, face_index=index, progress=False)
+        moved = np.stack([np.any(f != photo, -1) for f in frames]).any(0)
+        assert moved[animated].sum() > 200 and moved[still].sum() == 0, index
+
+
+# ----------------------------------------------------------------------------------------------
+# Odd inputs that must work
+
+
+def _photo_variant(assets, d, kind):
+    im = Image.fromarray(assets["photo"])
+    if kind == "grayscale":
+        im.convert("L").save(d / "gray.png")
+        return d / "gray.png", (288, 360)
+    if kind == "rgba":
+        rgba = im.convert("RGBA")
+        alpha = np.full((288, 360), 255, np.uint8)
+        alpha[:40, :40] = 0  # a transparent corner: composited over white
+        rgba.putalpha(Image.fromarray(alpha))
+        rgba.save(d / "rgba.png")
+        return d / "rgba.png", (288, 360)
+    if kind == "odd-size":
+        im.crop((30, 10, 331, 267)).save(d / "odd.jpg", quality=95)  # 301 x 257
+        return d / "odd.jpg", (256, 300)
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["grayscale", "rgba", "odd-size"])
+def test_odd_photos_work(assets, model, tmp_path, kind):
+    face, (h, w) = _photo_variant(assets, tmp_path, kind)
+    out = tmp_path / "o.mp4"
+    api.generate(face, assets["short"], out, model=model, progress=False)
+    frames, fps, codecs, _ = decode(out)
+    assert frames.shape == (10, h, w, 3) and fps == 25.0 and codecs == ["aac"]
+    if kind == "grayscale":  # still gray: no colour appears anywhere
+        rgb = frames[3].astype(int)
+        assert np.abs(rgb[..., 0] - rgb[..., 1]).mean() < 3
+    if kind == "rgba":
+        assert frames[3, :30, :30].mean() > 240  # the transparent corner is white
+
+
+def _encode_audio(path, audio, rate, layout="mono", codec="aac"):
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=rate)
+        s.layout = layout
+        chans = 2 if layout == "stereo" else 1
+        data = np.ascontiguousarray(np.tile(audio[None], (chans, 1)).astype(np.float32))
+        fmt = "fltp"
+        step = 1152
+        for i in range(0, data.shape[1], step):
+            fr = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, i:i + step]), format=fmt, layout=layout)
+            fr.sample_rate = rate
+            fr.pts = i
+            for p in s.encode(fr):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    return path
+
+
+def _resampled(assets, rate, seconds=0.4):
+    x = assets["audio"][12000:12000 + int(SR * seconds)]
+    t_new = np.arange(int(len(x) * rate / SR)) / rate
+    return np.interp(t_new, np.arange(len(x)) / SR, x).astype(np.float32)
+
+
+AUDIO = {
+    "wav 8 kHz": lambda a, d: (sf.write(d / "a8k.wav", _resampled(a, 8000), 8000), d / "a8k.wav")[1],
+    "wav 48 kHz stereo": lambda a, d: (sf.write(d / "a48k.wav", np.stack([_resampled(a, 48000)] * 2, 1), 48000),
+                                       d / "a48k.wav")[1],
+    "mp3": lambda a, d: _encode_audio(d / "a.mp3", _resampled(a, 44100), 44100, "stereo", "libmp3lame"),
+    "m4a": lambda a, d: _encode_audio(d / "a.m4a", _resampled(a, 44100), 44100, "mono", "aac"),
+    "mp4 video's audio": lambda a, d: (write_video(d / "clip.mp4", a["frames"][:10], audio=a["audio"][12000:18400],
+                                                   sample_rate=SR), d / "clip.mp4")[1],
+}
+
+
+@pytest.mark.parametrize("case", list(AUDIO))
+def test_audio_formats_work(assets, model, tmp_path, case):
+    audio = AUDIO[case](assets, tmp_path)
+    out = tmp_path / "o.mp4"
+    api.generate(assets["face"], audio, out, model=model, progress=False)
+    frames, fps, codecs, audio_s = decode(out)
+    # compressed formats pad a few ms (encoder delay): allow one frame either way
+    assert abs(len(frames) - 10) <= 1 and fps == 25.0 and codecs == ["aac"]
+    assert abs(audio_s - 0.4) < 0.1
+
+
+def test_video_as_face_dubs_it(assets, model, tmp_path):
+    """A video as --face: the face is tracked in every frame, the video plays back and forth to
+    cover longer speech, and the output has the video's size."""
+    video = tmp_path / "face.mp4"
+    write_video(video, assets["frames"][:6])  # 6 frames for 10 frames of speech: ping-pong
+    out = tmp_path / "o.mp4"
+    api.generate(video, assets["short"], out, model=model, progress=False)
+    frames, fps, codecs, _ = decode(out)
+    assert frames.shape == (10, 288, 360, 3) and fps == 25.0 and codecs == ["aac"]
+    src, *_ = decode(video)
+    order = [0, 1, 2, 3, 4, 5, 4, 3, 2, 1]  # forwards, then backwards
+    for k, i in enumerate(order):  # far from the face: the source frame, up to H.264 loss
+        assert np.abs(frames[k, :60, :60].astype(float) - src[i, :60, :60]).mean() < 3
+    with pytest.raises(TalkingFaceError):
+        api.generate(_bytes(tmp_path / "bad.mov", b"\0" * 100), assets["short"], tmp_path / "x.mp4", model=model,
+                     progress=False)
+    assert not (tmp_path / "x.mp4").exists()

@@ -1,0 +1,204 @@
+"""The real trainer on a tiny corpus prepared from tests/data: run folder contents, exact resume,
+a resume after SIGKILL, the sync expert and the generator's sync critic, and DDP under torchrun.
+Models are shrunk to a few channels so every run takes seconds."""
+
+import csv
+import logging
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import pytest
+import torch
+
+from talkingface.config import DataConfig, TrainConfig, load_config
+from talkingface.data.prepare import prepare
+from talkingface.training.checkpoint import load_checkpoint
+from talkingface.training.trainer import train
+
+DATA = Path(__file__).parent / "data"
+
+TINY = [
+    "generator.audio.width=8", "generator.identity.width=8", "generator.hidden=32", "frame_d.width=8",
+    "seq_d.width=8", "batch_size=2", "window=11", "val_windows=2", "threads=1", 'val_split="train"',
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads_and_logging():
+    n = torch.get_num_threads()  # train() sets the process-wide thread count
+    # train.log receives what the "talkingface" logger lets through; the CLI sets INFO, so do we.
+    logger = logging.getLogger("talkingface")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield
+    logger.setLevel(level)
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    src = tmp_path_factory.mktemp("train_src")
+    (src / "s1").mkdir()
+    for name in ("bbaf2n.mp4", "bbaf2n.align"):
+        shutil.copy(DATA / "grid/s1" / name, src / "s1" / name)
+    out = tmp_path_factory.mktemp("train_corpus")
+    cfg = DataConfig(min_clips_train_speaker=1, val_fraction=0.0, test_fraction=0.0, workers=1)
+    summary = prepare(src, out, cfg, progress=False)
+    assert summary["failed"] == 0 and summary["split_counts"]["train"] == 1
+    return out
+
+
+def _overrides(corpus, *extra):
+    return [f'corpus="{corpus}"', *TINY, *extra]
+
+
+def _gen_cfg(corpus, steps):
+    return load_config(TrainConfig, None, _overrides(
+        corpus, f"steps={steps}", "loss.adv_start=2", "val_every=6", "ckpt_every=3", "log_every=3"))
+
+
+def _rows(run_dir):
+    with open(Path(run_dir) / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _no_timing(row):
+    return {k: v for k, v in row.items() if k != "sec_per_step"}
+
+
+@pytest.fixture(scope="module")
+def run6(corpus, tmp_path_factory):
+    """An uninterrupted 6-step generator run (adversaries on from step 2)."""
+    return train(_gen_cfg(corpus, 6), tmp_path_factory.mktemp("run6") / "run", progress=False)
+
+
+def test_generator_run_folder(run6):
+    d = Path(run6)
+    for name in ("config.json", "metrics.csv", "losses.png", "checkpoint.pt", "generator.pt", "train.log"):
+        assert (d / name).is_file() and (d / name).stat().st_size > 0, name
+    rows = _rows(d)
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert [int(r["step"]) for r in train_rows] == [3, 6]
+    assert all(math.isfinite(float(r["loss_g"])) for r in train_rows)
+    assert train_rows[-1]["loss_d"] and train_rows[-1]["g_seq"]  # the adversaries switched on
+    val = [r for r in rows if r["split"] == "val"]
+    assert len(val) == 1 and int(val[0]["step"]) == 6 and float(val[0]["psnr_lower"]) > 10
+    sheets = list((d / "samples").glob("*.jpg"))
+    videos = list((d / "samples").glob("*.mp4"))
+    assert len(sheets) == 1 and len(videos) == 1
+    with av.open(str(videos[0])) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 75 and frames[0].shape == (128, 256, 3)  # real | generated, whole clip
+    ck = load_checkpoint(d / "checkpoint.pt")
+    assert ck["step"] == 6 and set(ck["models"]) == {"generator", "frame_d", "seq_d"}
+    assert not list(d.glob("*.tmp"))
+
+
+def test_resume_matches_uninterrupted_run(corpus, run6, tmp_path):
+    run = tmp_path / "run"
+    train(_gen_cfg(corpus, 3), run, progress=False)
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 3
+    train(_gen_cfg(corpus, 6), run, resume=True, progress=False)
+    a = load_checkpoint(Path(run6) / "checkpoint.pt")
+    b = load_checkpoint(run / "checkpoint.pt")
+    assert b["step"] == 6
+    for name in a["models"]:
+        for k, v in a["models"][name].items():
+            torch.testing.assert_close(b["models"][name][k], v, atol=1e-6, rtol=0, msg=f"{name}.{k}")
+    ra = [_no_timing(r) for r in _rows(run6) if r["split"] == "train"]
+    rb = [_no_timing(r) for r in _rows(run) if r["split"] == "train"]
+    assert ra == rb
+    steps = [(r["step"], r["split"]) for r in _rows(run)]
+    assert len(steps) == len(set(steps))
+    # an earlier run in this process does not write into this run's log
+    assert str(run) not in (Path(run6) / "train.log").read_text()
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "talkingface.cli", *args], capture_output=True, text=True, **kw)
+
+
+def test_kill_and_resume_from_cli(corpus, tmp_path):
+    run = tmp_path / "killed"
+    sets = [x for o in _overrides(corpus, "steps=100000", "ckpt_every=2", "log_every=1", "val_every=100000",
+                                  "loss.adv_start=1") for x in ("--set", o)]
+    log = tmp_path / "killed.stderr"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "talkingface.cli", "train", "-q", "--run-dir", str(run), *sets],
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.time() + 120
+        while not (run / "checkpoint.pt").exists():
+            assert proc.poll() is None, log.read_text()[-2000:]
+            assert time.time() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.2)
+        time.sleep(0.5)  # let it get somewhere past the checkpoint
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    k = int(load_checkpoint(run / "checkpoint.pt")["step"])
+    assert k >= 2 and k % 2 == 0
+    r = _cli("train", "-q", "--resume", str(run), "--set", f"steps={k + 3}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    rows = [x for x in _rows(run) if x["split"] == "train"]
+    steps = [int(x["step"]) for x in rows]
+    assert steps == list(range(1, k + 4))  # no duplicates, no gaps
+    assert all(math.isfinite(float(x["loss_g"])) for x in rows)
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == k + 3
+    assert (run / "generator.pt").is_file()
+    assert not list(run.glob("*.tmp"))
+
+
+def test_sync_expert_then_generator_with_sync_critic(corpus, tmp_path):
+    sync_cfg = load_config(TrainConfig, None, _overrides(
+        corpus, 'kind="sync"', "sync.width=8", "sync.audio.width=8", "sync.dim=32", "batch_size=4", "steps=3",
+        "log_every=1", "val_every=3", "ckpt_every=3"))
+    sync_run = train(sync_cfg, tmp_path / "sync", progress=False)
+    expert = Path(sync_run) / "sync_expert.pt"
+    assert expert.is_file()
+    rows = _rows(sync_run)
+    assert [int(r["step"]) for r in rows if r["split"] == "train"] == [1, 2, 3]
+    assert all(0.0 <= float(r["acc"]) <= 1.0 and math.isfinite(float(r["loss"])) for r in rows if r["split"] == "train")
+    val = [r for r in rows if r["split"] == "val"]
+    assert len(val) == 1 and 0.0 <= float(val[0]["auc"]) <= 1.0
+
+    gen_cfg = load_config(TrainConfig, None, _overrides(
+        corpus, f'sync_checkpoint="{expert}"', "loss.sync_start=1", "loss.adv_start=1000", "steps=2",
+        "log_every=1", "val_every=2", "ckpt_every=2"))
+    gen_run = train(gen_cfg, tmp_path / "gen", progress=False)
+    rows = _rows(gen_run)
+    by_step = {(int(r["step"]), r["split"]): r for r in rows}
+    assert not by_step[(1, "train")].get("g_sync")  # before sync_start
+    assert math.isfinite(float(by_step[(2, "train")]["g_sync"]))
+    assert 0.0 <= float(by_step[(2, "val")]["sync_p_fake"]) <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["generator", "sync"])
+def test_ddp_two_ranks_stay_in_sync(corpus, tmp_path, kind):
+    run = tmp_path / "ddp"
+    extra = ["steps=3", "log_every=1", "val_every=3", "ckpt_every=3", "threads=2"]
+    extra += ["loss.adv_start=1"] if kind == "generator" else ['kind="sync"', "sync.width=8", "sync.audio.width=8",
+                                                               "batch_size=4"]
+    sets = [x for o in _overrides(corpus, *extra) for x in ("--set", o)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "talkingface.cli", "train", "-q", "--run-dir", str(run), *sets],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("run folder:") == 2  # both ranks finished
+    assert "ddp weights in sync: True" in r.stderr
+    assert "ddp weights in sync: True" in (run / "train.log").read_text()
+    assert (run / ("generator.pt" if kind == "generator" else "sync_expert.pt")).is_file()
+    steps = [(r["step"], r["split"]) for r in _rows(run)]
+    assert len(steps) == len(set(steps))  # only rank 0 writes metrics
+    assert [s for s, split in steps if split == "train"] == ["1", "2", "3"]
