@@ -133,6 +133,17 @@ def cmd_evaluate(args) -> int:
 
     out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-evaluate"
     res = evaluate(args.checkpoint, args.corpus, args.split, args.sync_model, out, args.max_clips, progress=not args.quiet)
+    if args.portraits and args.speech:
+        from .evaluation.evaluate import evaluate_stills
+
+        stills = evaluate_stills(args.checkpoint, args.portraits, args.speech, args.sync_model, out)
+        with open(out / "report.md", "a") as f:
+            f.write("\n## Stills: portraits driven by speech (full generate pipeline)\n\n"
+                    "| pair | LSE-D | LSE-C | sync dist at 0 | same, still face | jitter | mouth opening range |\n|---|---|---|---|---|---|---|\n")
+            for k, m in stills.items():
+                f.write(f"| {k} | {m['lse_d']:.3f} | {m['lse_c']:.3f} | {m['sync_dist_at_0']:.3f} | {m['still_sync_dist_at_0']:.3f} "
+                        f"| {m['jitter']:.3f} | {m['mouth_open_range']:.3f} |\n")
+            f.write("\nContact sheets: `stills/`.\n")
     print((out / "report.md").read_text())
     print(f"report: {out / 'report.md'} ({len(res['clips'])} clips, {res['seconds']} s)")
     return 0
@@ -191,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--sync-model", required=True, help="evaluation sync expert (trained apart from the generator's critic)")
     p.add_argument("--max-clips", type=int, default=0, help="evaluate at most this many clips (0 = all)")
+    p.add_argument("--portraits", help="folder of photos for the stills test (with --speech)")
+    p.add_argument("--speech", help="folder of speech clips for the stills test")
     p.add_argument("-o", "--out", help="report folder (default runs/<time>-evaluate)")
     common(p, config=False)
     p.set_defaults(func=cmd_evaluate)

@@ -96,7 +96,9 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
 
     corpus = Path(corpus)
     data_cfg = config_from_json(DataConfig, corpus / "config.json")
-    rows = [r for r in read_manifest(corpus) if r["split"] == split]
+    all_rows = read_manifest(corpus)
+    train_speakers = {r["speaker"] for r in all_rows if r["split"] == "train"}
+    rows = [r for r in all_rows if r["split"] == split]
     if not rows:
         raise TalkingFaceError(f"{corpus}: no clips in split {split!r}")
     # Spread the budget over speakers: every held-out speaker first, then the rest in order.
@@ -162,9 +164,18 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
     for s in systems:
         keys = sorted({k for r in per_clip.values() if s in r for k in r[s]})
         summary[s] = {k: float(np.nanmean([r[s][k] for r in per_clip.values() if s in r and k in r[s]])) for k in keys}
+    # The same means for clips of speakers never trained on, and for unseen sentences of trained speakers.
+    group_of = {c.clip: ("unseen speakers" if c.speaker not in train_speakers else "unseen sentences") for c in clips}
+    by_group = {}
+    for grp in sorted(set(group_of.values())):
+        sub = {k: v for k, v in per_clip.items() if group_of[k] == grp}
+        by_group[grp] = {"clips": len(sub), "speakers": sorted({c.speaker for c in clips if group_of[c.clip] == grp})}
+        for s in systems:
+            keys = sorted({k for r in sub.values() if s in r for k in r[s]})
+            by_group[grp][s] = {k: float(np.nanmean([r[s][k] for r in sub.values() if s in r and k in r[s]])) for k in keys}
     cal = {k: float(np.mean(v)) for k, v in calib.items()}
     result = {"corpus": str(corpus), "split": split, "clips": [c.clip for c in clips], "sync_model": str(sync_model),
-              "sync_model_meta": meta, "checkpoints": checkpoints, "summary": summary, "calibration": cal,
+              "sync_model_meta": meta, "checkpoints": checkpoints, "summary": summary, "by_group": by_group, "calibration": cal,
               "per_clip": per_clip, "seconds": round(time.time() - t0, 1)}
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
     _plots(out_dir, summary, curves)
@@ -230,6 +241,15 @@ def _report(r: dict) -> str:
     lines += ["", "## Results", "", "| system | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for name, m in s.items():
         lines.append(f"| {name} | " + " | ".join(f"{m[c]:.3f}" if c in m and np.isfinite(m[c]) else "" for c in cols) + " |")
+    short = ["psnr_mouth", "ssim_mouth", "lmd_norm", "open_corr", "width_corr", "lse_d", "lse_c", "sync_dist_at_0", "jitter"]
+    for grp, g in r["by_group"].items():
+        lines += ["", f"### {grp}: {g['clips']} clips ({', '.join(g['speakers'])})", "",
+                  "| system | " + " | ".join(short) + " |", "|---|" + "---|" * len(short)]
+        for name in s:
+            if name in g:
+                m = g[name]
+                lines.append(f"| {name} | " + " | ".join(f"{m[c]:.3f}" if c in m and np.isfinite(m[c]) else "" for c in short) + " |")
+        lines.append(f"\nLoudness vs real mouth opening, correlation: {g['real'].get('loudness_open_corr', float('nan')):.3f}")
     lines += ["", "Loudness baseline: correlation of speech loudness (dB) with the real mouth opening: "
               f"{s['real'].get('loudness_open_corr', float('nan')):.3f}.", "",
               "Columns: PSNR (dB) / SSIM on the 128 px aligned crop and on its mouth box; LMD on the 20 mouth points "
@@ -240,3 +260,62 @@ def _report(r: dict) -> str:
               "(0-255), overall and within silent stretches; id_psnr/id_ssim: upper face vs the reference frame.",
               f"Took {r['seconds']} s."]
     return "\n".join(lines) + "\n"
+
+
+def evaluate_stills(checkpoints: list[str], portraits: str | Path, speech: str | Path, sync_model: str | Path,
+                    out_dir: str | Path, progress: bool = True) -> dict:
+    """The stills test: every portrait driven by a speech clip (taken in turn), through the full
+    `generate` pipeline. Saves full-size contact sheets and returns sync and smoothness measures,
+    computed on the generated frames re-aligned with the photo's own alignment."""
+    import cv2
+
+    from .. import api
+    from ..audio import frame_windows
+    from ..face import warp_face
+    from ..media import IMAGE_SUFFIXES
+    from ..viz import image_grid, save_image
+
+    out_dir = Path(out_dir)
+    (out_dir / "stills").mkdir(parents=True, exist_ok=True)
+    expert, _, _ = load_model(sync_model, "sync", SyncExpert, SyncExpertConfig)
+    photos = sorted(p for p in Path(portraits).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    clips = sorted(p for p in Path(speech).iterdir() if p.suffix.lower() in (".wav", ".flac", ".mp3", ".m4a", ".ogg"))
+    if not photos or not clips:
+        raise TalkingFaceError(f"need photos in {portraits} and speech files in {speech}")
+    results: dict[str, dict] = {}
+    for ck in checkpoints:
+        model = api.load_model(ck)
+        name = Path(ck).stem
+        for i, photo in enumerate(photos):
+            sp = clips[i % len(clips)]
+            p = api.prepare_inputs(photo, sp, model.config.crop_size)
+            frames = list(api._frames(model, p, 25.0, 50, False, api.AudioConfig()))
+            crops = np.stack([warp_face(f, p.src_matrix, model.config.crop_size) for f in frames])
+            mel = frame_windows(p.mel, len(frames))
+            ls = M.lse(expert, lower(crops), mel)
+            still = M.lse(expert, lower(np.repeat(crops[:1], len(crops), 0)), mel)
+            sm = M.smoothness(crops, M.mouth_box(crops.shape[1]))
+            key = f"{name}: {photo.stem} + {sp.stem}"
+            results[key] = {"lse_d": ls["lse_d"], "lse_c": ls["lse_c"], "sync_dist_at_0": ls["dist_at_0"],
+                            "still_sync_dist_at_0": still["dist_at_0"], "jitter": sm["accel"],
+                            "mouth_open_range": float(np.ptp(M.mouth_curves(detect_landmarks(crops))["opening"]))}
+            idx = np.linspace(0, len(frames) - 1, 10).round().astype(int)
+            w = 360
+            small = [cv2.resize(frames[j], (w, int(frames[j].shape[0] * w / frames[j].shape[1])), interpolation=cv2.INTER_AREA) for j in idx]
+            save_image(out_dir / "stills" / f"{name}_{photo.stem}.jpg", image_grid(small, cols=5))
+            # the lower face at full photo resolution, where the detail is judged
+            x0, y0, x1, y1 = _face_box(p.src_matrix, model.config.crop_size, frames[0].shape)
+            zoom = [cv2.resize(frames[j][y0:y1, x0:x1], (256, int(256 * (y1 - y0) / max(1, x1 - x0)))) for j in idx]
+            save_image(out_dir / "stills" / f"{name}_{photo.stem}_mouth.jpg", image_grid(zoom, cols=5))
+    (out_dir / "stills.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def _face_box(m: np.ndarray, s: int, shape) -> tuple[int, int, int, int]:
+    """Image-space box of the crop's lower half."""
+    from ..face import invert, transform_points
+
+    pts = transform_points(invert(m), np.array([[0, s * 0.45], [s, s * 0.45], [0, s], [s, s]], np.float32))
+    x0, y0 = np.maximum(0, pts.min(0).astype(int))
+    x1, y1 = pts.max(0).astype(int)
+    return int(x0), int(y0), int(min(shape[1], x1)), int(min(shape[0], y1))
