@@ -131,6 +131,18 @@ def test_non_recurrent_generator_runs():
     out["lower"].mean().backward()
 
 
+def test_paint_generator_outputs_only_the_painted_residual():
+    import dataclasses
+
+    g = Generator(dataclasses.replace(TINY_G, render="paint")).eval()
+    ref, pts = _ref(2)
+    out = g(_mel(2, 3), ref, pts)
+    assert float(out["mask"].abs().max()) == 0.0 and float(out["flow"].abs().max()) == 0.0
+    fr = g.cfg.feather_rows
+    # below the feathered rows the output is the painted residual, not the photo
+    torch.testing.assert_close(out["lower"][:, :, :, fr:], out["residual"][:, :, :, fr:])
+
+
 def test_gradients_reach_audio_identity_and_gru():
     g = Generator(TINY_G)
     g.train()

@@ -79,6 +79,9 @@ class GeneratorConfig:
     identity: IdentityEncoderConfig = field(default_factory=IdentityEncoderConfig)
     hidden: int = 256
     recurrent: bool = True  # False = the paper's frame-wise baseline (no GRU)
+    # "warp": flow + mask + residual over the photo's own pixels (default); "paint": the decoder
+    # paints the lower face from features alone (the paper's decoder), kept to measure the choice.
+    render: str = "warp"
     n_points: int = 69  # len(face.LOWER_FACE)
     flow_sigma: float = 0.035  # Gaussian radius (fraction of crop size) spreading landmark motion
     max_point_offset: float = 0.12  # landmarks move at most this fraction of the crop per frame

@@ -151,8 +151,11 @@ class Generator(nn.Module):
         flow = flow_full + 0.05 * torch.tanh(o[:, 0:2])
         mask = torch.sigmoid(o[:, 2:3])
         rgb = torch.tanh(o[:, 3:6])
-        warped = warp(ref_rep, flow)
-        lower = mask * warped + (1 - mask) * rgb  # (N, 3, S/2, S)
+        if self.cfg.render == "paint":
+            flow, mask = torch.zeros_like(flow), torch.zeros_like(mask)
+            lower = rgb
+        else:
+            lower = mask * warp(ref_rep, flow) + (1 - mask) * rgb  # (N, 3, S/2, S)
         # Blend the first rows into the photo so no seam can appear at the half-way line.
         fr = self.cfg.feather_rows
         ramp = torch.ones(1, 1, s // 2, 1)
