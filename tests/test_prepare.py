@@ -38,6 +38,14 @@ def src(tmp_path_factory):
     from talkingface.media import read_video
     frames, _ = read_video(DATA / "grid/s1/bbaf2n.mp4", sample_rate=None)
     write_video(bad / "silentvideo.mp4", frames[:20])  # no audio track
+    import av  # an mp4 holding only audio
+    with av.open(str(bad / "audioonly.mp4"), "w") as c:
+        s = c.add_stream("aac", rate=16000)
+        s.layout = "mono"
+        f = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="flt", layout="mono")
+        f.sample_rate = 16000
+        for pkt in list(s.encode(f)) + list(s.encode(None)):
+            c.mux(pkt)
     return root
 
 
@@ -52,7 +60,7 @@ def test_prepare_real_clips(corpus):
     out, summary = corpus
     rows = {r["clip"]: r for r in read_manifest(out)}
     assert set(rows) == {"s1/bbaf2n", "u01/brbk7n", "1001/1001_DFA_NEU_XX"}
-    assert summary["clips_found"] == 8 and summary["failed"] == 5
+    assert summary["clips_found"] == 9 and summary["failed"] == 6
     s1 = rows["s1/bbaf2n"]
     assert s1["frames"] == 75 and s1["phoneme_source"] == "align" and s1["face_found"] == 1.0
     assert s1["sentence"] == "bin blue at f two now"
@@ -76,7 +84,8 @@ def test_prepare_real_clips(corpus):
 def test_bad_inputs_fail_with_reasons_and_leave_nothing(corpus):
     out, summary = corpus
     fails = summary["failures"]
-    assert set(fails) == {"bad/empty", "bad/corrupt", "bad/truncated", "bad/noface", "bad/silentvideo"}
+    assert set(fails) == {"bad/empty", "bad/corrupt", "bad/truncated", "bad/noface", "bad/silentvideo", "bad/audioonly"}
+    assert "no video track" in fails["bad/audioonly"]
     assert "empty" in fails["bad/empty"]
     assert "no audio track" in fails["bad/silentvideo"]
     assert "face" in fails["bad/noface"]
