@@ -187,7 +187,8 @@ def test_sync_expert_then_generator_with_sync_critic(corpus, tmp_path):
 def test_ddp_two_ranks_stay_in_sync(corpus, tmp_path, kind):
     run = tmp_path / "ddp"
     extra = ["steps=3", "log_every=1", "val_every=3", "ckpt_every=3", "threads=2"]
-    extra += ["loss.adv_start=1"] if kind == "generator" else ['kind="sync"', "sync.width=8", "sync.audio.width=8",
+    # generator: step 1 is a motion-only step (stage 0), step 2 plain, step 3 adversarial
+    extra += ["loss.motion_steps=1", "loss.motion_batch_size=2", "loss.adv_start=2"] if kind == "generator" else ['kind="sync"', "sync.width=8", "sync.audio.width=8",
                                                                "batch_size=4"]
     sets = [x for o in _overrides(corpus, *extra) for x in ("--set", o)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

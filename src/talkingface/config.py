@@ -196,6 +196,9 @@ class LossConfig:
     seq_adv: float = 0.01
     sync: float = 0.03  # a SyncNet-style expert gives stronger, smoother gradients than lip reading
     mask_tv: float = 0.01  # keeps the blend mask smooth (no speckled paste of the residual)
+    # Stage 0: the audio -> motion half alone (landmark loss, no rendering) with big batches.
+    motion_steps: int = 0
+    motion_batch_size: int = 64
     adv_start: int = 1000
     sync_start: int = 1500
 

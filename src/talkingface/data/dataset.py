@@ -84,7 +84,7 @@ class WindowSampler:
         if dropped:
             log.info("%d clips shorter than a %d-frame window left out", dropped, window)
 
-    def sample(self, batch: int, rng: np.random.Generator, negatives: bool = False) -> dict:
+    def sample(self, batch: int, rng: np.random.Generator, negatives: bool = False, targets: bool = True) -> dict:
         items = []
         for _ in range(batch):
             ci = int(rng.integers(len(self.clips)))
@@ -92,7 +92,7 @@ class WindowSampler:
             s = int(rng.choice(self.starts[ci]))
             ref_i = int(rng.choice(np.nonzero(c.found.numpy())[0]))
             items.append((ci, s, ref_i))
-        return self._collate(items, rng, negatives)
+        return self._collate(items, rng, negatives, targets)
 
     def fixed(self, n: int, seed: int = 0) -> dict:
         """The same n windows every time (validation): spread over clips, deterministic."""
@@ -111,14 +111,16 @@ class WindowSampler:
         finally:
             self.augment = aug
 
-    def _collate(self, items, rng, negatives: bool) -> dict:
+    def _collate(self, items, rng, negatives: bool, targets: bool = True) -> dict:
+        """``targets=False`` leaves out the target frames (the costly part) for motion-only steps."""
         w = self.window
         ref, ref_pts, tgt, pts, mel, ph, neg = [], [], [], [], [], [], []
         for ci, s, ref_i in items:
             c = self.clips[ci]
             ref.append(c.crops[ref_i])
             ref_pts.append(c.points[ref_i])
-            tgt.append(c.crops[s: s + w])
+            if targets:
+                tgt.append(c.crops[s: s + w])
             pts.append(c.points[s: s + w])
             mel.append(c.mel[s: s + w])
             ph.append(c.phonemes[s: s + w])
@@ -126,9 +128,11 @@ class WindowSampler:
                 neg.append(self._negative_mel(ci, s, rng))
         out = {
             "ref": to_float(torch.stack(ref)), "ref_points": torch.stack(ref_pts),
-            "target": to_float(torch.stack(tgt)), "points": torch.stack(pts),
+            "points": torch.stack(pts),
             "mel": torch.stack(mel).float(), "phonemes": torch.stack(ph),
         }
+        if targets:
+            out["target"] = to_float(torch.stack(tgt))
         if negatives:
             out["neg_mel"] = torch.stack(neg).float()
         if self.augment:
@@ -160,8 +164,7 @@ def _take(mel: torch.Tensor, t0: int, w: int) -> torch.Tensor:
 
 def augment_batch(b: dict, rng: np.random.Generator) -> None:
     """In place. One draw per sample, applied identically to its reference and its targets."""
-    n, t = b["target"].shape[:2]
-    s = b["target"].shape[-1]
+    n, t = b["mel"].shape[:2]
     # Colour: gain per channel, brightness, contrast, and 10% grayscale.
     gain = torch.from_numpy(rng.uniform(0.8, 1.2, (n, 3, 1, 1))).float()
     bright = torch.from_numpy(rng.uniform(-0.15, 0.15, (n, 1, 1, 1))).float()
@@ -203,7 +206,9 @@ def augment_batch(b: dict, rng: np.random.Generator) -> None:
         return (q.reshape(shape) + 1) / 2
 
     b["ref"] = geo(colour(b["ref"], 1), 1)
-    b["target"] = geo(colour(b["target"].flatten(0, 1), t), t).view(n, t, 3, s, s)
+    if "target" in b:
+        s = b["target"].shape[-1]
+        b["target"] = geo(colour(b["target"].flatten(0, 1), t), t).view(n, t, 3, s, s)
     b["ref_points"] = geo_points(b["ref_points"])
     b["points"] = geo_points(b["points"])
 

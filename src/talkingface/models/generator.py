@@ -81,6 +81,17 @@ class Generator(nn.Module):
         points (B, T, K, 2), flow, mask and the recurrent state for the next chunk."""
         enc = ref if isinstance(ref, dict) else self.encode_reference(ref, ref_points)
         b, t = mel.shape[:2]
+        m = self.motion(mel, enc, state)
+        out = self._render(m["h"].flatten(0, 1), enc, m["points"].flatten(0, 1), m["offsets"].flatten(0, 1), b, t)
+        out["points"] = m["points"]
+        out["state"] = m["state"]
+        return out
+
+    def motion(self, mel: torch.Tensor, enc: dict, state: torch.Tensor | None = None) -> dict:
+        """The audio -> motion half alone (no rendering): GRU features h (B, T, H), landmark
+        offsets and points (B, T, K, 2), and the recurrent state. Cheap enough to pre-train with
+        large batches before the renderer joins in."""
+        b, t = mel.shape[:2]
         a = self.audio_encoder(mel.flatten(0, 1)).view(b, t, -1)  # (B, T, Da)
         cond = torch.cat([enc["id"], enc["points_feat"]], 1)[:, None].expand(b, t, -1)
         x = torch.cat([a, cond], 2)  # (B, T, Da + Di + 128)
@@ -89,11 +100,7 @@ class Generator(nn.Module):
         else:
             h = self.frame_mlp(x)
         off = torch.tanh(self.motion_head(h)).view(b, t, -1, 2) * self.cfg.max_point_offset
-        points = enc["ref_points"][:, None] + off  # (B, T, K, 2)
-        out = self._render(h.flatten(0, 1), enc, points.flatten(0, 1), off.flatten(0, 1), b, t)
-        out["points"] = points
-        out["state"] = state
-        return out
+        return {"h": h, "offsets": off, "points": enc["ref_points"][:, None] + off, "state": state}
 
     # ------------------------------------------------------------------------------------------
     def _initial_flow(self, points: torch.Tensor, off: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

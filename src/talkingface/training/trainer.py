@@ -156,6 +156,17 @@ def _wrap(model: torch.nn.Module, world: int) -> torch.nn.Module:
     return model
 
 
+def _average_gradients(model: torch.nn.Module, world: int) -> None:
+    """Data-parallel gradient averaging for steps that do not go through a DDP wrapper."""
+    if world <= 1:
+        return
+    for p in model.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= world
+
+
 def _bare(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
@@ -202,12 +213,7 @@ class SyncTask:
         loss, m = losses.sync_expert_loss(self.model, lower, batch["mel"][:, mid], batch["neg_mel"][:, mid])
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        if self.world > 1:
-            for p in self.model.parameters():
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
-                p.grad /= self.world
+        _average_gradients(self.model, self.world)
         self.opt.step()
         return {"loss": loss.item(), **m}
 
@@ -283,6 +289,20 @@ class GeneratorTask:
 
     def optimizers(self) -> dict:
         return {"g": self.opt_g, "d": self.opt_d}
+
+    def motion_step(self, batch: dict) -> dict:
+        """Stage 0: audio -> lower-face landmark motion only."""
+        g = _bare(self.g)
+        g.train()
+        enc = g.encode_reference(batch["ref"], batch["ref_points"])
+        m = g.motion(batch["mel"], enc)
+        loss = losses.l1(m["points"], batch["points"])
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        # Called on the bare module, DDP's hooks stay idle: average the gradients by hand.
+        _average_gradients(g, dist.get_world_size() if hasattr(self.g, "module") else 1)
+        self.opt_g.step()
+        return {"points": loss.item()}
 
     def step(self, batch: dict, step: int) -> dict:
         lc = self.cfg.loss
@@ -431,8 +451,10 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
     acc: dict[str, list[float]] = {}
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.name, disable=not progress or rank > 0)
     for step in bar:
-        batch = sampler.sample(cfg.batch_size, rng, negatives=cfg.kind == "sync")
-        m = task.step(batch, step)
+        if cfg.kind == "generator" and step < cfg.loss.motion_steps:
+            m = task.motion_step(sampler.sample(cfg.loss.motion_batch_size, rng, targets=False))
+        else:
+            m = task.step(sampler.sample(cfg.batch_size, rng, negatives=cfg.kind == "sync"), step)
         for k, v in m.items():
             acc.setdefault(k, []).append(v)
         done = step + 1
