@@ -102,7 +102,10 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
     if not rows:
         raise TalkingFaceError(f"{corpus}: no clips in split {split!r}")
     # Spread the budget over speakers: every held-out speaker first, then the rest in order.
-    rows.sort(key=lambda r: (sum(x["speaker"] == r["speaker"] for x in rows), r["clip"]))
+    from collections import Counter
+
+    per_speaker = Counter(r["speaker"] for r in rows)  # counted first: list.sort empties the list while it sorts
+    rows.sort(key=lambda r: (per_speaker[r["speaker"]], r["clip"]))
     if max_clips:
         rows = rows[:max_clips]
     expert, _, meta = load_model(sync_model, "sync", SyncExpert, SyncExpertConfig)
