@@ -228,3 +228,10 @@ def test_audio_frame_features_grid_clip(grid_audio):
     assert feats.dtype == torch.float32
     assert torch.isfinite(feats).all()
     assert feats.std() > 0.5  # normalised speech, not a constant
+
+
+def test_log_mel_in_blocks_equals_one_pass(grid_audio):
+    # Long audio is processed in blocks to keep memory flat; the result must not change.
+    whole = log_mel(grid_audio, CFG, block_frames=10**9)
+    assert torch.equal(log_mel(grid_audio, CFG, block_frames=37), whole)
+    assert whole.shape == (CFG.n_mels, len(grid_audio) // CFG.hop_length + 1)

@@ -207,6 +207,45 @@ def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, a
             bar.update(t)
 
 
+def _prefetch(it: Iterator, depth: int = 8) -> Iterator:
+    """Run ``it`` in a background thread, ``depth`` items ahead. Generation (torch, OpenCV) and
+    H.264 encoding both release the GIL, so on two cores they overlap instead of taking turns."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def run():
+        try:
+            for x in it:
+                while not stop.is_set():
+                    try:
+                        q.put((True, x), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((True, done))
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put((False, e))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        while True:
+            ok, x = q.get()
+            if not ok:
+                raise x
+            if x is done:
+                return
+            yield x
+    finally:
+        stop.set()
+
+
 def stream(face: str | Path, audio: str | Path, model: Model | None = None, fps: float = 25.0, face_index: int = 0,
            chunk: int = 50, progress: bool = False) -> Iterator[np.ndarray]:
     """Yield full-resolution RGB frames (H, W, 3) uint8 of ``face`` speaking ``audio``."""
@@ -228,6 +267,6 @@ def generate(face: str | Path, audio: str | Path, out: str | Path | None = None,
     if out is None:
         return list(frames)
     sound = read_audio(audio, OUTPUT_SAMPLE_RATE)
-    n = write_video(out, frames, fps, audio=sound, sample_rate=OUTPUT_SAMPLE_RATE)
+    n = write_video(out, _prefetch(frames), fps, audio=sound, sample_rate=OUTPUT_SAMPLE_RATE)
     log.info("wrote %s: %d frames (%.2f s), %dx%d", out, n, n / fps, *p.size)
     return Path(out)

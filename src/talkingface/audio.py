@@ -44,20 +44,33 @@ def mel_filterbank(cfg: AudioConfig) -> torch.Tensor:
     return torch.from_numpy(fb.astype(np.float32))
 
 
-def log_mel(audio: torch.Tensor | np.ndarray, cfg: AudioConfig = AudioConfig()) -> torch.Tensor:
-    """(..., N) waveform -> (..., n_mels, M) natural-log mel power, M = N // hop + 1 (centred frames)."""
+def log_mel(audio: torch.Tensor | np.ndarray, cfg: AudioConfig = AudioConfig(), block_frames: int = 6000) -> torch.Tensor:
+    """(..., N) waveform -> (..., n_mels, M) natural-log mel power, M = N // hop + 1 (centred frames).
+
+    Long signals are processed ``block_frames`` mel steps (60 s) at a time, so memory stays flat
+    with audio length; each block sees the same samples a single pass would (identical output).
+    """
     x = torch.as_tensor(audio, dtype=torch.float32)
     shape = x.shape[:-1]
     x = x.reshape(-1, x.shape[-1])
     if x.shape[-1] < cfg.n_fft // 2 + 1:  # reflect padding needs a few samples
         x = torch.nn.functional.pad(x, (0, cfg.n_fft // 2 + 1 - x.shape[-1]))
-    spec = torch.stft(
-        x, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
-        window=torch.hann_window(cfg.win_length), center=True, pad_mode="reflect", return_complex=True,
-    )  # (B, F, M)
-    power = spec.real**2 + spec.imag**2
-    mel = torch.matmul(mel_filterbank(cfg).to(power), power)  # (B, n_mels, M)
-    out = torch.log(mel.clamp_min(LOG_FLOOR))
+    half, hop = cfg.n_fft // 2, cfg.hop_length
+    m = x.shape[-1] // hop + 1
+    # Centre the frames the way a single centred STFT does: reflect-pad once, then frame j covers
+    # padded[j * hop : j * hop + n_fft].
+    padded = torch.nn.functional.pad(x[:, None], (half, half), mode="reflect")[:, 0]
+    window = torch.hann_window(cfg.win_length)
+    fb = mel_filterbank(cfg)
+    blocks = []
+    for j0 in range(0, m, block_frames):
+        j1 = min(m, j0 + block_frames)
+        seg = padded[:, j0 * hop: (j1 - 1) * hop + cfg.n_fft]
+        spec = torch.stft(seg, n_fft=cfg.n_fft, hop_length=hop, win_length=cfg.win_length, window=window,
+                          center=False, return_complex=True)  # (B, F, j1 - j0)
+        power = spec.real**2 + spec.imag**2
+        blocks.append(torch.log(torch.matmul(fb, power).clamp_min(LOG_FLOOR)))  # (B, n_mels, j1 - j0)
+    out = torch.cat(blocks, -1)
     return out.reshape(*shape, cfg.n_mels, out.shape[-1])
 
 

@@ -55,14 +55,14 @@ class Compositor:
             return dst.copy()
         s = self.s
 
-        def sample(a):  # (S/2, S) crop-space map -> ROI
-            return cv2.remap(np.ascontiguousarray(a, np.float32), self.cx, self.v, cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_REPLICATE)
-
-        mk = sample(mask[0])[..., None]
-        res = (np.stack([sample(residual[c]) for c in range(3)], -1) + 1) * 127.5
-        sx = self.cx + sample(flow[0]) * s  # source position in crop pixels ...
-        sy = self.cy + sample(flow[1]) * s
+        # All six crop-space maps (flow x/y, mask, residual RGB) sampled onto the ROI in one remap.
+        maps = np.concatenate([flow, mask, residual], 0).transpose(1, 2, 0)  # (S/2, S, 6)
+        roi_maps = cv2.remap(np.ascontiguousarray(maps, np.float32), self.cx, self.v, cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_REPLICATE)  # (h, w, 6)
+        mk = roi_maps[..., 2:3]
+        res = (roi_maps[..., 3:6] + 1) * 127.5
+        sx = self.cx + roi_maps[..., 0] * s  # source position in crop pixels ...
+        sy = self.cy + roi_maps[..., 1] * s
         inv = invert(src_m).astype(np.float64)  # ... and in source image pixels
         mx = (inv[0, 0] * sx + inv[0, 1] * sy + inv[0, 2]).astype(np.float32)
         my = (inv[1, 0] * sx + inv[1, 1] * sy + inv[1, 2]).astype(np.float32)
