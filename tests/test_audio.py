@@ -8,7 +8,14 @@ import scipy.fft
 import torch
 
 from talkingface.audio import (
-    LOG_FLOOR, audio_frame_features, frame_windows, log_mel, loudness, mfcc, normalize_utterance, speech_span,
+    LOG_FLOOR,
+    audio_frame_features,
+    frame_windows,
+    log_mel,
+    loudness,
+    mfcc,
+    normalize_utterance,
+    speech_span,
 )
 from talkingface.config import AudioConfig
 

@@ -9,11 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from talkingface.config import AudioEncoderConfig, GeneratorConfig, IdentityEncoderConfig, SyncExpertConfig
+from talkingface.config import (
+    AudioEncoderConfig,
+    GeneratorConfig,
+    IdentityEncoderConfig,
+    SyncExpertConfig,
+)
 from talkingface.errors import TalkingFaceError
 from talkingface.models.generator import Generator
 from talkingface.models.sync_expert import SyncExpert
-from talkingface.training.checkpoint import export_model, load_checkpoint, load_model, save_checkpoint
+from talkingface.training.checkpoint import (
+    export_model,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
 
 TINY_G = GeneratorConfig(audio=AudioEncoderConfig(dim=32, width=8), identity=IdentityEncoderConfig(width=8, dim=32), hidden=32)
 TINY_SYNC = SyncExpertConfig(width=8, dim=32, audio=AudioEncoderConfig(width=8))

@@ -13,7 +13,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from talkingface.config import AudioEncoderConfig, DataConfig, GeneratorConfig, IdentityEncoderConfig, SyncExpertConfig
+from talkingface.config import (
+    AudioEncoderConfig,
+    DataConfig,
+    GeneratorConfig,
+    IdentityEncoderConfig,
+    SyncExpertConfig,
+)
 from talkingface.data.prepare import prepare
 from talkingface.evaluation.evaluate import evaluate, evaluate_stills
 from talkingface.media import read_audio, read_video

@@ -7,8 +7,21 @@ import pytest
 from talkingface.config import FaceConfig
 from talkingface.errors import TalkingFaceError
 from talkingface.face import (
-    MOUTH_20, STABLE_POINTS, FaceMesh, alignment_matrix, canonical_shape, crop_frames, interocular, invert,
-    mouth_opening, similarity_transform, smooth_matrices, template, track_faces, transform_points, warp_face,
+    MOUTH_20,
+    STABLE_POINTS,
+    FaceMesh,
+    alignment_matrix,
+    canonical_shape,
+    crop_frames,
+    interocular,
+    invert,
+    mouth_opening,
+    similarity_transform,
+    smooth_matrices,
+    template,
+    track_faces,
+    transform_points,
+    warp_face,
 )
 from talkingface.media import read_video
 

@@ -18,7 +18,11 @@ from PIL import Image
 
 from talkingface import api
 from talkingface.cli import main
-from talkingface.config import AudioEncoderConfig, GeneratorConfig, IdentityEncoderConfig
+from talkingface.config import (
+    AudioEncoderConfig,
+    GeneratorConfig,
+    IdentityEncoderConfig,
+)
 from talkingface.errors import TalkingFaceError
 from talkingface.media import read_audio, read_video, write_video
 from talkingface.models.generator import Generator

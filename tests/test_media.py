@@ -14,9 +14,16 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from talkingface import media
 from talkingface.errors import TalkingFaceError
 from talkingface.media import (
-    check_writable, iter_video, probe_video, read_audio, read_image, read_video, write_video,
+    check_writable,
+    iter_video,
+    probe_video,
+    read_audio,
+    read_image,
+    read_video,
+    write_video,
 )
 
 SR = 16000
@@ -44,17 +51,7 @@ def _encode_audio(path, fmt, codec, rate, x, options=None):
         s.layout = "mono"
         if options:
             s.codec_context.options = options
-        pts = 0
-        for i in range(0, len(x), 4096):
-            block = np.ascontiguousarray(x[None, i:i + 4096], dtype=np.float32)
-            frame = av.AudioFrame.from_ndarray(block, format="flt", layout="mono")
-            frame.sample_rate = rate
-            frame.pts = pts
-            pts += block.shape[1]
-            for p in s.encode(frame):
-                out.mux(p)
-        for p in s.encode(None):
-            out.mux(p)
+        media._encode_audio(out, s, np.asarray(x, np.float32), rate)
 
 
 def _gray(k: int) -> int:

@@ -7,8 +7,12 @@ import pytest
 import torch
 
 from talkingface.config import (
-    AudioEncoderConfig, FrameDiscriminatorConfig, GeneratorConfig, IdentityEncoderConfig,
-    SequenceDiscriminatorConfig, SyncExpertConfig,
+    AudioEncoderConfig,
+    FrameDiscriminatorConfig,
+    GeneratorConfig,
+    IdentityEncoderConfig,
+    SequenceDiscriminatorConfig,
+    SyncExpertConfig,
 )
 from talkingface.models.audio_encoder import AudioEncoder
 from talkingface.models.frame_discriminator import FrameDiscriminator

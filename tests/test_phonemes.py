@@ -4,9 +4,17 @@ import numpy as np
 import pytest
 
 from talkingface.phonemes import (
-    PHONEME_TO_ID, PHONEME_TO_VISEME, PHONEMES, VISEMES, ipa_to_arpabet,
-    phoneme_histogram, read_align, transcript_to_frame_phonemes, viseme_ids,
-    word_to_phonemes, words_to_frame_phonemes,
+    PHONEME_TO_ID,
+    PHONEME_TO_VISEME,
+    PHONEMES,
+    VISEMES,
+    ipa_to_arpabet,
+    phoneme_histogram,
+    read_align,
+    transcript_to_frame_phonemes,
+    viseme_ids,
+    word_to_phonemes,
+    words_to_frame_phonemes,
 )
 
 GRID = Path(__file__).parent / "data" / "grid" / "s1"

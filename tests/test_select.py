@@ -4,11 +4,19 @@ import numpy as np
 import pytest
 
 from talkingface.data.select import (
-    distribution_stats, entropy, kl_divergence, select_balanced, select_random,
+    distribution_stats,
+    entropy,
+    kl_divergence,
+    select_balanced,
+    select_random,
     target_distribution,
 )
 from talkingface.phonemes import (
-    PHONEME_TO_ID, PHONEMES, phoneme_histogram, read_align, words_to_frame_phonemes,
+    PHONEME_TO_ID,
+    PHONEMES,
+    phoneme_histogram,
+    read_align,
+    words_to_frame_phonemes,
 )
 
 P = len(PHONEMES)
