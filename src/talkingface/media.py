@@ -266,10 +266,9 @@ def write_video(
             vs = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             vs.pix_fmt = "yuv420p"
             vs.options = {"crf": str(crf), "preset": preset}
-            as_ = None
+            sound = None
             if audio is not None:
-                as_ = out.add_stream("aac", rate=sample_rate)
-                as_.layout = "mono"
+                sound = _AudioWriter(out, np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate)
             for frame in frames:
                 if n == 0:
                     h, w = frame.shape[0] // 2 * 2, frame.shape[1] // 2 * 2
@@ -280,28 +279,50 @@ def write_video(
                 for packet in vs.encode(f):
                     out.mux(packet)
                 n += 1
+                if sound is not None:
+                    # Interleave: the muxer holds every video packet in memory until audio up to the
+                    # same time has arrived, so audio written only at the end would grow with length.
+                    sound.write_until(n / fps)
             if n == 0:
                 raise TalkingFaceError("no frames to write")
             for packet in vs.encode():
                 out.mux(packet)
-            if as_ is not None:
-                _encode_audio(out, as_, np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate)
+            if sound is not None:
+                sound.finish()
     return n
 
 
+class _AudioWriter:
+    """Feeds mono float32 audio to an AAC stream piece by piece, in time order."""
+
+    def __init__(self, out, audio: np.ndarray, sample_rate: int, stream=None, chunk: int = 1024 * 16):
+        self.out, self.audio, self.rate, self.chunk = out, audio, sample_rate, chunk
+        if stream is None:
+            stream = out.add_stream("aac", rate=sample_rate)
+            stream.layout = "mono"
+        self.stream = stream
+        self.pos = 0
+
+    def write_until(self, seconds: float) -> None:
+        end = min(len(self.audio), int(round(seconds * self.rate)))
+        while self.pos < end:
+            block = np.ascontiguousarray(self.audio[self.pos: min(end, self.pos + self.chunk)][None, :])
+            frame = av.AudioFrame.from_ndarray(block, format="flt", layout="mono")
+            frame.sample_rate = self.rate
+            frame.pts = self.pos
+            self.pos += block.shape[1]
+            for packet in self.stream.encode(frame):
+                self.out.mux(packet)
+
+    def finish(self) -> None:
+        self.write_until(len(self.audio) / self.rate)
+        for packet in self.stream.encode(None):
+            self.out.mux(packet)
+
+
 def _encode_audio(out, stream, audio: np.ndarray, sample_rate: int) -> None:
-    chunk = 1024 * 16
-    pts = 0
-    for i in range(0, len(audio), chunk):
-        block = np.ascontiguousarray(audio[i:i + chunk][None, :])
-        frame = av.AudioFrame.from_ndarray(block, format="flt", layout="mono")
-        frame.sample_rate = sample_rate
-        frame.pts = pts
-        pts += block.shape[1]
-        for packet in stream.encode(frame):
-            out.mux(packet)
-    for packet in stream.encode(None):
-        out.mux(packet)
+    """Write a whole mono float32 signal to an already added audio ``stream`` (any codec)."""
+    _AudioWriter(out, audio, sample_rate, stream).finish()
 
 
 def n_frames_for(duration_s: float, fps: float = 25.0) -> int:
