@@ -52,6 +52,12 @@ def load_clips(corpus: str | Path, rows: list[dict], cfg: DataConfig, progress: 
     return out
 
 
+def first_face(clip: ClipTensors) -> int:
+    """The first frame with a detected face: the reference photo of validation and evaluation
+    (GRID clips start with a closed mouth)."""
+    return int(np.nonzero(clip.found.numpy())[0][0])
+
+
 def valid_starts(clip: ClipTensors, window: int) -> np.ndarray:
     """Start frames of windows whose every frame has a detected face."""
     f = clip.found.numpy().astype(np.int64)
@@ -103,7 +109,7 @@ class WindowSampler:
             c = self.clips[ci]
             st = self.starts[ci]
             s = int(st[len(st) // 2])
-            ref_i = int(np.nonzero(c.found.numpy())[0][0])  # first frame: mouth closed in GRID
+            ref_i = first_face(c)
             items.append((ci, s, ref_i))
         aug, self.augment = self.augment, False
         try:

@@ -29,7 +29,7 @@ import torch
 from ..audio import loudness
 from ..config import DataConfig, SyncExpertConfig, config_from_json
 from ..data.corpus import read_manifest
-from ..data.dataset import ClipTensors, load_clips
+from ..data.dataset import first_face, load_clips
 from ..errors import TalkingFaceError
 from ..face import FaceMesh
 from ..inference import generate_crops, load_generator
@@ -59,14 +59,13 @@ def detect_landmarks(crops: np.ndarray) -> np.ndarray:
     return out
 
 
-def first_face(c: ClipTensors) -> int:
-    return int(np.nonzero(c.found.numpy())[0][0])
-
-
-def clip_metrics(gen: np.ndarray, real: np.ndarray, real_lm: np.ndarray, ref: np.ndarray, mel: torch.Tensor,
-                 silent: np.ndarray, expert, with_truth: bool = True) -> dict:
+def clip_metrics(gen: np.ndarray, real: np.ndarray, real_lm: np.ndarray, real_curves: dict, ref: np.ndarray,
+                 mel: torch.Tensor, silent: np.ndarray, expert, with_truth: bool = True) -> tuple[dict, dict | None]:
+    """Metrics of one generated clip, and the mouth curves of its detected landmarks (None without
+    ground truth, where no landmarks are detected)."""
     s = gen.shape[1]
     m: dict[str, float] = {}
+    gc = None
     if with_truth:
         box = M.mouth_box(s)
         m["psnr"] = M.psnr(gen, real, max_db=60.0)
@@ -74,12 +73,11 @@ def clip_metrics(gen: np.ndarray, real: np.ndarray, real_lm: np.ndarray, ref: np
         m["psnr_mouth"] = M.psnr(M.crop_box(gen, box), M.crop_box(real, box), max_db=60.0)
         m["ssim_mouth"] = M.ssim(M.crop_box(gen, box), M.crop_box(real, box))
         gen_lm = detect_landmarks(gen)
-        iod = M.mouth_curves(real_lm)["iod"]
-        px, norm = M.lmd(gen_lm, real_lm, iod)
+        px, norm = M.lmd(gen_lm, real_lm, real_curves["iod"])
         m["lmd_px"], m["lmd_norm"] = px, norm
-        gc, rc = M.mouth_curves(gen_lm), M.mouth_curves(real_lm)
-        m["open_corr"] = M.curve_correlation(gc["opening"], rc["opening"])
-        m["width_corr"] = M.curve_correlation(gc["width"], rc["width"])
+        gc = M.mouth_curves(gen_lm)
+        m["open_corr"] = M.curve_correlation(gc["opening"], real_curves["opening"])
+        m["width_corr"] = M.curve_correlation(gc["width"], real_curves["width"])
     ls = M.lse(expert, lower(gen), mel)
     m.update({"lse_d": ls["lse_d"], "lse_c": ls["lse_c"], "sync_dist_at_0": ls["dist_at_0"], "av_offset": ls["offset"]})
     sm = M.smoothness(gen, M.mouth_box(s), silent)
@@ -87,7 +85,7 @@ def clip_metrics(gen: np.ndarray, real: np.ndarray, real_lm: np.ndarray, ref: np
     m["jitter_silent"] = sm.get("accel_silent", float("nan"))
     idp = M.identity_preservation(gen, ref, s, max_db=60.0)
     m["id_psnr"], m["id_ssim"] = idp["psnr"], idp["ssim"]
-    return m
+    return m, gc
 
 
 def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model: str | Path, out_dir: str | Path,
@@ -127,41 +125,41 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
         t = len(c.crops)
         real = c.crops.permute(0, 2, 3, 1).numpy()
         real_lm = detect_landmarks(real)
+        real_curves = M.mouth_curves(real_lm)
+        loud_db = loudness(audio, t)
         ri = first_face(c)
         ref = real[ri]
+        still = np.repeat(ref[None], t, 0)
         silent = M.silence_mask(audio, t)
         mel = c.mel.float()
-        res = {"real": clip_metrics(real, real, real_lm, ref, mel, silent, expert, with_truth=False),
-               "still": clip_metrics(np.repeat(ref[None], t, 0), real, real_lm, ref, mel, silent, expert)}
-        loud = M.curve_correlation(np.asarray(loudness(audio, t)),
-                                   M.mouth_curves(real_lm)["opening"])
-        res["real"]["loudness_open_corr"] = loud
+        res = {"real": clip_metrics(real, real, real_lm, real_curves, ref, mel, silent, expert, with_truth=False)[0],
+               "still": clip_metrics(still, real, real_lm, real_curves, ref, mel, silent, expert)[0]}
+        res["real"]["loudness_open_corr"] = M.curve_correlation(loud_db, real_curves["opening"])
         other = clips[(k + 1) % len(clips)] if len(clips) > 1 else c
         for name, g in gens.items():
             gen = np.stack([x for x, _ in generate_crops(g, ref, c.points[ri].numpy(), mel)])
-            res[name] = clip_metrics(gen, real, real_lm, ref, mel, silent, expert)
+            res[name], gen_curves = clip_metrics(gen, real, real_lm, real_curves, ref, mel, silent, expert)
             # cross-audio: the same face driven by another clip's audio (another speaker where possible)
             omel = other.mel.float()
             xgen = np.stack([x for x, _ in generate_crops(g, ref, c.points[ri].numpy(), omel)])
             osil = M.silence_mask(sf.read(corpus / "clips" / other.clip / "audio.wav", dtype="float32")[0], len(omel))
-            xm = clip_metrics(xgen, real, real_lm, ref, omel, osil, expert, with_truth=False)
-            res[f"{name} (cross-audio)"] = xm
+            res[f"{name} (cross-audio)"] = clip_metrics(xgen, real, real_lm, real_curves, ref, omel, osil, expert,
+                                                        with_truth=False)[0]
             if k < 3:
                 _sheet(out_dir / "sheets" / f"{c.clip.replace('/', '_')}_{name}.jpg", real, gen)
-                curves.setdefault(name, (M.mouth_curves(real_lm)["opening"], M.mouth_curves(detect_landmarks(gen))["opening"],
-                                         loudness(audio, t), c.clip))
+                curves.setdefault(name, (real_curves["opening"], gen_curves["opening"], loud_db, c.clip))
         per_clip[c.clip] = res
-        # calibration on the real clip
+        # Calibration on the real clip: real audio and the still face are the rows measured above.
         lr = lower(real)
-        for label, m_ in (("real audio", mel), ("audio shifted 0.5 s", torch.roll(mel, SHIFT_05S, 0)),
-                          ("audio shifted 1 s", torch.roll(mel, SHIFT_1S, 0)), ("still face", None),
-                          ("another clip's audio", _fit(other.mel.float(), t))):
-            if m_ is None:
-                ls = M.lse(expert, lower(np.repeat(ref[None], t, 0)), mel)
-            else:
-                ls = M.lse(expert, lr, m_)
-            calib.setdefault(label, []).append(ls["dist_at_0"])
-            calib.setdefault(label + " LSE-C", []).append(ls["lse_c"])
+        shifted = {"audio shifted 0.5 s": torch.roll(mel, SHIFT_05S, 0), "audio shifted 1 s": torch.roll(mel, SHIFT_1S, 0),
+                   "another clip's audio": _fit(other.mel.float(), t)}
+        cal = {"real audio": res["real"], "still face": res["still"]}
+        for label, m_ in shifted.items():
+            ls = M.lse(expert, lr, m_)
+            cal[label] = {"sync_dist_at_0": ls["dist_at_0"], "lse_c": ls["lse_c"]}
+        for label, v in cal.items():
+            calib.setdefault(label, []).append(v["sync_dist_at_0"])
+            calib.setdefault(label + " LSE-C", []).append(v["lse_c"])
     systems = sorted({s for r in per_clip.values() for s in r}, key=lambda s: (s not in ("real", "still"), s))
     summary = {}
     for s in systems:

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from ..config import DataConfig, TrainConfig, config_from_json, save_config, to_dict
 from ..data.corpus import read_manifest
-from ..data.dataset import WindowSampler, load_clips
+from ..data.dataset import WindowSampler, first_face, load_clips
 from ..errors import TalkingFaceError
 from ..evaluation.metrics import auc, pearson
 from ..face import LIP_INNER_BOTTOM, LIP_INNER_TOP, LOWER_FACE, MOUTH_LEFT, MOUTH_RIGHT
@@ -383,7 +383,7 @@ class GeneratorTask:
             tiles += list(tensor_to_crops(out["frames"][i, idx]))
         save_image(run.dir / "samples" / f"step{step:06d}.jpg", image_grid(tiles, cols=len(idx)))
         c = sampler.clips[0]
-        ref_i = int(np.nonzero(c.found.numpy())[0][0])
+        ref_i = first_face(c)
         crops = [x for x, _ in generate_crops(g, c.crops[ref_i].permute(1, 2, 0).numpy(), c.points[ref_i].numpy(), c.mel)]
         real = c.crops.permute(0, 2, 3, 1).numpy()
         side = [np.concatenate([r, f], 1) for r, f in zip(real, crops)]
