@@ -302,3 +302,14 @@ def test_identity_preservation():
     noisy = np.clip(frames + np.random.default_rng(3).normal(0, 10, frames.shape), 0, 255).astype(np.uint8)
     r2 = M.identity_preservation(noisy, ref)
     assert 20 < r2["psnr"] < 60 and r2["ssim"] < 1.0
+
+
+def test_curve_correlation_offset_undoes_a_recording_lag():
+    rng = np.random.default_rng(0)
+    sound = np.convolve(rng.normal(size=80), np.ones(4), "same")  # a mouth curve driven by the audio
+    real = np.roll(sound, -2)  # the recorded video leads its audio by 2 frames: real[t] = sound[t + 2]
+    real[-2:] = np.nan
+    assert M.curve_correlation(sound, real) < 0.6
+    assert M.curve_correlation(sound, real, offset=2) == pytest.approx(1.0)
+    assert M.curve_correlation(sound, real, offset=-2) < 0.6
+    assert M.curve_correlation(sound, real, offset=200) == 0.0

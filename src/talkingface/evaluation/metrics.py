@@ -208,12 +208,25 @@ def mouth_curves(landmarks: np.ndarray) -> dict[str, np.ndarray]:
         return {"opening": mouth_opening(lm), "width": mouth_width(lm), "iod": interocular(lm)}
 
 
-def curve_correlation(pred: np.ndarray, real: np.ndarray) -> float:
+def curve_correlation(pred: np.ndarray, real: np.ndarray, offset: int = 0) -> float:
     """Pearson correlation of two per-frame curves (e.g. generated vs real mouth opening) over the
-    frames where both are finite; 0.0 when either is constant or fewer than 2 frames remain."""
+    frames where both are finite; 0.0 when either is constant or fewer than 2 frames remain.
+
+    ``offset``: the real clip's own audio-visual offset in frames, in the convention of :func:`lse`
+    (positive = the sound of a mouth shape comes that many frames later in the audio). Curves made
+    from the audio (a generated mouth, loudness) are then compared with the real curve that many
+    frames earlier: pred[t + offset] with real[t]. Some corpora are recorded out of sync (CREMA-D's
+    video leads its audio by about 2 frames); without this a perfectly synced model is penalised."""
     pred, real = np.asarray(pred, float).ravel(), np.asarray(real, float).ravel()
     if pred.shape != real.shape:
         raise ValueError(f"length mismatch: {pred.shape} vs {real.shape}")
+    o = int(offset)
+    if abs(o) >= len(pred):
+        return 0.0
+    if o > 0:
+        pred, real = pred[o:], real[:-o]
+    elif o < 0:
+        pred, real = pred[:o], real[-o:]
     ok = np.isfinite(pred) & np.isfinite(real)
     if ok.sum() < 2:
         return 0.0
