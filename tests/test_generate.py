@@ -120,6 +120,17 @@ def test_stream_and_frame_list(assets, model):
     assert np.array_equal(listed[5][:, :60], assets["photo"][:, :60])
 
 
+def test_on_progress_counts_every_frame(assets, model, tmp_path):
+    seen = []
+    api.generate(assets["face"], assets["short"], tmp_path / "o.mp4", model=model, progress=False,
+                 on_progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(k, 10) for k in range(11)]  # (0, 10) once the inputs are read, then per frame written
+    seen.clear()
+    frames = api.generate(assets["face"], assets["short"], None, model=model, progress=False,
+                          on_progress=lambda done, total: seen.append((done, total)))
+    assert len(frames) == 10 and seen == [(k, 10) for k in range(11)]
+
+
 def test_keyboard_interrupt_leaves_no_output(assets, model, tmp_path, monkeypatch):
     from talkingface import compose
 

@@ -254,10 +254,21 @@ def stream(face: str | Path, audio: str | Path, model: Model | None = None, fps:
     yield from _frames(model, p, fps, chunk, progress, AudioConfig())
 
 
+def _counted(frames: Iterator[np.ndarray], total: int, on_progress: Callable[[int, int], None]) -> Iterator[np.ndarray]:
+    """Pass frames on, calling ``on_progress(done, total)`` as the consumer takes each one."""
+    on_progress(0, total)
+    for done, frame in enumerate(frames, 1):
+        yield frame
+        on_progress(done, total)
+
+
 def generate(face: str | Path, audio: str | Path, out: str | Path | None = None, model: Model | None = None,
-             fps: float = 25.0, face_index: int = 0, chunk: int = 50, seed: int = 0, progress: bool = True):
+             fps: float = 25.0, face_index: int = 0, chunk: int = 50, seed: int = 0, progress: bool = True,
+             on_progress: Callable[[int, int], None] | None = None):
     """Make the talking video. With ``out``: write an H.264 + AAC mp4 atomically and return its path;
-    without: return the frames as a list (short clips only)."""
+    without: return the frames as a list (short clips only). ``progress`` shows a tqdm bar;
+    ``on_progress(done, total)`` is called in the caller's thread as each frame is finished
+    (written, with ``out``), from ``(0, total)`` once the inputs are read to ``(total, total)``."""
     torch.manual_seed(seed)  # the generator is deterministic; kept for future stochastic parts
     if out is not None:
         check_writable(out, inputs=[face, audio])
@@ -265,8 +276,11 @@ def generate(face: str | Path, audio: str | Path, out: str | Path | None = None,
     p = prepare_inputs(face, audio, model.config.crop_size, fps, face_index)
     frames = _frames(model, p, fps, chunk, progress, AudioConfig())
     if out is None:
-        return list(frames)
+        return list(_counted(frames, p.n_frames, on_progress) if on_progress else frames)
     sound = read_audio(audio, OUTPUT_SAMPLE_RATE)
-    n = write_video(out, _prefetch(frames), fps, audio=sound, sample_rate=OUTPUT_SAMPLE_RATE)
+    frames = _prefetch(frames)
+    if on_progress is not None:
+        frames = _counted(frames, p.n_frames, on_progress)
+    n = write_video(out, frames, fps, audio=sound, sample_rate=OUTPUT_SAMPLE_RATE)
     log.info("wrote %s: %d frames (%.2f s), %dx%d", out, n, n / fps, *p.size)
     return Path(out)
