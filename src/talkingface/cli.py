@@ -125,6 +125,13 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serve import Limits, serve
+
+    return serve(args.checkpoint, args.host, args.port, Limits(args.max_upload_mb, args.max_audio_seconds),
+                 args.concurrency, args.device)
+
+
 def cmd_evaluate(args) -> int:
     import time
     from pathlib import Path
@@ -172,6 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     common(p, config=False)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("serve", help="web UI (needs the serve extra): upload a face and speech, watch and download the video")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--checkpoint", action="append", default=[],
+                   help="generator checkpoint (repeatable: the page offers a choice; default: the shipped one)")
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest photo, video or audio upload")
+    p.add_argument("--max-audio-seconds", type=float, default=120.0, help="longest speech accepted")
+    p.add_argument("--concurrency", type=int, default=1, help="generations run at once; more requests wait in a queue")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("prepare", help="folder of talking-head videos -> aligned, labelled corpus")
     p.add_argument("src", help="folder searched recursively for videos; a clip's speaker is its parent folder")

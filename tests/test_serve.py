@@ -1,0 +1,473 @@
+"""The web UI (serve.py).
+
+- Upload checks and the ``Service`` behind the page: plain unit tests, no Gradio needed.
+- The page itself: ``talkingface serve`` in a subprocess on a free loopback port, driven by headless
+  Chromium through Selenium (marked ``browser``; skipped without gradio, selenium, or Debian's
+  ``chromium`` + ``chromium-driver``), and by ``gradio_client`` for parallel requests.
+"""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import types
+import urllib.request
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from talkingface import api
+from talkingface.cli import build_parser, main
+from talkingface.config import (
+    AudioEncoderConfig,
+    GeneratorConfig,
+    IdentityEncoderConfig,
+)
+from talkingface.errors import TalkingFaceError
+from talkingface.media import is_image, read_video, write_video
+from talkingface.models.generator import Generator
+from talkingface.serve import (
+    Limits,
+    Service,
+    check_audio,
+    check_size,
+    face_input,
+    face_kind,
+    readable,
+)
+from talkingface.training.checkpoint import export_model
+
+ROOT = Path(__file__).parent.parent
+DATA = Path(__file__).parent / "data"
+GRID = DATA / "grid/s1/bbaf2n.mp4"
+PORTRAIT = ROOT / "examples/portrait.jpg"
+SPEECH = ROOT / "examples/speech.wav"
+SR = 16000
+TINY_G = GeneratorConfig(audio=AudioEncoderConfig(dim=32, width=8), identity=IdentityEncoderConfig(width=8, dim=32), hidden=32)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A GRID frame as a photo (360x288), 0.4 s of its speech (10 frames), a short video of it,
+    a photo without a face, silence, a text file, and a tiny random generator checkpoint."""
+    d = tmp_path_factory.mktemp("serve_assets")
+    frames, audio = read_video(GRID, sample_rate=SR)
+    Image.fromarray(frames[0]).save(d / "face.png")
+    sf.write(d / "speech.wav", audio[12000:18400], SR)
+    write_video(d / "clip.mp4", frames[:6])
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((200, 240, 3)) * 255).astype(np.uint8)).save(d / "noise.png")
+    sf.write(d / "silence.wav", np.zeros(SR, np.float32), SR)
+    (d / "notes.jpg").write_text("this is not a photo\n")
+    torch.manual_seed(0)
+    export_model(d / "tiny.pt", "generator", Generator(TINY_G), TINY_G, {"note": "random init, for tests"})
+    return d
+
+
+def _copy(src, dst):
+    shutil.copyfile(src, dst)
+    return Path(dst)
+
+
+# ----------------------------------------------------------------------------------------------
+# Upload checks
+
+
+def test_check_size(tmp_path):
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"x" * 3000)
+    assert check_size(f, 1) == 3000
+    with pytest.raises(TalkingFaceError, match=r"^a\.bin: 0\.0 MB is too large; uploads are limited to 0\.001 MB$"):
+        check_size(f, 0.001)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    with pytest.raises(TalkingFaceError, match=r"^empty\.wav: the file is empty"):
+        check_size(tmp_path / "empty.wav", 1)
+    with pytest.raises(TalkingFaceError, match=r"^photo\.jpg: no such file"):
+        check_size(tmp_path / "gone", 1, name="photo.jpg")
+
+
+def test_face_kind_goes_by_content(assets, tmp_path):
+    assert face_kind(assets / "face.png") == "image"
+    assert face_kind(_copy(assets / "face.png", tmp_path / "face.dat")) == "image"  # a photo with a strange name
+    assert face_kind(assets / "clip.mp4") == "video"
+    assert face_kind(_copy(assets / "clip.mp4", tmp_path / "clip.jpg")) == "video"  # a video named like a photo
+    for bad in [assets / "notes.jpg", assets / "speech.wav"]:  # text; audio only
+        with pytest.raises(TalkingFaceError, match=rf"^{bad.name}: not an image or a video"):
+            face_kind(bad)
+
+
+def test_face_input_names_the_file_after_its_content(assets, tmp_path):
+    assert face_input(assets / "face.png", "image", tmp_path) == assets / "face.png"
+    assert face_input(assets / "clip.mp4", "video", tmp_path) == assets / "clip.mp4"
+    odd = _copy(assets / "face.png", tmp_path / "face.jfif")
+    linked = face_input(odd, "image", tmp_path)
+    assert linked.suffix == ".png" and linked.read_bytes() == odd.read_bytes()
+    video = _copy(assets / "clip.mp4", tmp_path / "clip.jpg")
+    linked = face_input(video, "video", tmp_path)
+    assert not is_image(linked) and linked.read_bytes() == video.read_bytes()
+
+
+def test_check_audio(assets, tmp_path):
+    assert check_audio(assets / "speech.wav", 10) == pytest.approx(0.4, abs=0.01)
+    cases = {
+        "silence.wav": (assets / "silence.wav", 10, r"^silence\.wav: the audio is silent$"),
+        "too long": (assets / "speech.wav", 0.25, r"^speech\.wav: the audio is 0\.4 s long; this server takes at most 0\.25 s$"),
+        "too short": (_tiny_wav(tmp_path / "blip.wav"), 10, r"^blip\.wav: the audio is too short \(10 ms\)"),
+        "text": (assets / "notes.jpg", 10, r"^notes\.jpg: (cannot be read as media|has no audio track)"),
+        "video without sound": (assets / "clip.mp4", 10, r"^clip\.mp4: has no audio track$"),
+    }
+    for case, (path, limit, message) in cases.items():
+        with pytest.raises(TalkingFaceError, match=message) as e:
+            check_audio(path, limit)
+        assert str(path.parent) not in str(e.value), case
+
+
+def _tiny_wav(path):
+    sf.write(path, np.full(160, 0.3, np.float32), SR)  # 10 ms
+    return path
+
+
+def test_readable_replaces_temp_paths():
+    names = {"/tmp/x/cache/ab12/photo.jpg": "photo.jpg", "/tmp/x/tmp/q/face.png": "photo.jpg"}
+    assert readable("/tmp/x/tmp/q/face.png: no face found in the photo", names) == "photo.jpg: no face found in the photo"
+    assert readable("nothing to replace", names) == "nothing to replace"
+
+
+# ----------------------------------------------------------------------------------------------
+# The service behind the page (no Gradio)
+
+
+@pytest.fixture
+def service(assets, tmp_path):
+    return Service([assets / "tiny.pt", assets / "tiny.pt", api.default_checkpoint()], tmp_path / "work",
+                   Limits(max_upload_mb=1, max_audio_seconds=5))
+
+
+def test_service_makes_the_video_in_the_session_folder(service, assets):
+    assert list(service.checkpoints) == ["tiny.pt", "talkingface.pt"]  # the same file once; names only
+    seen = []
+    r = service.make(assets / "face.png", assets / "speech.wav", "tiny.pt", "abc", lambda d, t: seen.append((d, t)))
+    assert r.video.parent.parent == service.sessions / "abc" and r.video.name == "face-talking.mp4"
+    assert r.frames == 10 and r.size == (360, 288) and r.checkpoint == "tiny.pt"
+    assert r.status().startswith("Done: 10 frames (0.40 s) at 360x288, made in ")
+    assert seen[0] == (0, 10) and seen[-1] == (10, 10) and len(seen) == 11
+    with av.open(str(r.video)) as c:
+        assert float(c.streams.video[0].average_rate) == 25.0
+        assert sum(1 for _ in c.decode(video=0)) == 10
+    # a second request of the same session gets a folder of its own; the model is loaded once
+    r2 = service.make(assets / "face.png", assets / "speech.wav", None, "abc")
+    assert r2.video != r.video and r.video.exists() and r2.checkpoint == "tiny.pt"
+    assert len(service._models) == 1
+    service.forget("abc")
+    assert not (service.sessions / "abc").exists()
+
+
+def test_service_face_by_content_and_video(service, assets, tmp_path):
+    r = service.make(_copy(assets / "face.png", tmp_path / "me.jfif"), assets / "speech.wav")  # a photo named oddly
+    assert r.size == (360, 288) and r.video.name == "me-talking.mp4"
+    r = service.make(assets / "clip.mp4", assets / "speech.wav")  # a video: dubbed
+    assert r.frames == 10 and r.size == (360, 288)
+    assert os.listdir(service.tmp) == []  # intermediates gone
+
+
+@pytest.mark.parametrize("case", ["no face", "not an image", "silent", "too long", "too large", "checkpoint"])
+def test_service_errors_are_one_readable_line(service, assets, tmp_path, case):
+    upload = tmp_path / "cache" / "0f3c387bb499"  # where Gradio keeps an upload, under its own name
+    upload.mkdir(parents=True)
+    face, audio, ckpt = upload / "face.png", upload / "speech.wav", None
+    _copy(assets / "face.png", face)
+    _copy(assets / "speech.wav", audio)
+    if case == "no face":
+        face = _copy(assets / "noise.png", upload / "holiday.png")
+        expected = "holiday.png: no face found in the photo"
+    elif case == "not an image":
+        face = _copy(assets / "notes.jpg", upload / "notes.jpg")
+        expected = "notes.jpg: not an image or a video (it cannot be read as either)"
+    elif case == "silent":
+        audio = _copy(assets / "silence.wav", upload / "silence.wav")
+        expected = "silence.wav: the audio is silent"
+    elif case == "too long":
+        sf.write(upload / "long.wav", np.tile(sf.read(assets / "speech.wav")[0], 15), SR)  # 6 s
+        audio = upload / "long.wav"
+        expected = "long.wav: the audio is 6.0 s long; this server takes at most 5 s"
+    elif case == "too large":
+        face.write_bytes(face.read_bytes() + b"\0" * (1 << 20))
+        expected = f"face.png: {face.stat().st_size / 2**20:.1f} MB is too large; uploads are limited to 1 MB"
+    else:
+        ckpt = "/etc/passwd"
+        expected = "/etc/passwd: not one of this server's checkpoints (tiny.pt, talkingface.pt)"
+    with pytest.raises(TalkingFaceError) as e:
+        service.make(face, audio, ckpt, "s1")
+    assert str(e.value) == expected
+    assert list(service.sessions.rglob("*.mp4")) == []
+
+
+def test_service_sweep_removes_old_outputs(service, assets):
+    r = service.make(assets / "face.png", assets / "speech.wav", session="old")
+    service.sweep(now=time.time() + 10)
+    assert r.video.exists()
+    service.sweep(now=time.time() + service.keep_s + 10)
+    assert not (service.sessions / "old").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_serve_arguments_and_defaults():
+    a = build_parser().parse_args(["serve"])
+    assert (a.host, a.port, a.checkpoint, a.max_upload_mb, a.max_audio_seconds, a.concurrency) == \
+        ("127.0.0.1", 7860, [], 50.0, 120.0, 1)
+    a = build_parser().parse_args(["serve", "--checkpoint", "a.pt", "--checkpoint", "b.pt", "--port", "8000"])
+    assert a.checkpoint == ["a.pt", "b.pt"] and a.port == 8000
+
+
+def test_serve_without_gradio_says_how_to_install(monkeypatch, capfd):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
+    capfd.readouterr()
+    assert main(["serve", "--port", "7999"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == ['error: the web UI needs gradio, which is not installed: pip install -c constraints.txt -e ".[serve]"']
+
+
+def test_package_import_does_not_import_gradio():
+    code = "import sys, talkingface, talkingface.api, talkingface.cli, talkingface.serve; print('gradio' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------------------------
+# The running server: gradio_client (parallel requests) and headless Chromium (the page)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(assets, tmp_path_factory):
+    """``talkingface serve`` with the shipped checkpoint (default) and the tiny one, 2 MB uploads."""
+    pytest.importorskip("gradio")
+    pytest.importorskip("gradio_client")
+    logs = tmp_path_factory.mktemp("server")
+    port = _free_port()
+    cmd = [sys.executable, "-m", "talkingface.cli", "serve", "--port", str(port), "--max-upload-mb", "2",
+           "--checkpoint", str(api.default_checkpoint()), "--checkpoint", str(assets / "tiny.pt")]
+    with open(logs / "stdout.log", "w") as out, open(logs / "stderr.log", "w") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=logs)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{(logs / 'stderr.log').read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"server did not answer in 180 s:\n{(logs / 'stderr.log').read_text()}")
+            time.sleep(0.5)
+    work = re.search(r"work folder (\S+)", (logs / "stderr.log").read_text())
+    yield types.SimpleNamespace(url=url, proc=proc, logs=logs, work=Path(work.group(1)) if work else None)
+    proc.terminate()  # SIGTERM: the server stops and removes its work folder
+    assert proc.wait(60) == 0, (logs / "stderr.log").read_text()
+    assert work and not Path(work.group(1)).exists()
+    assert "Traceback" not in (logs / "stderr.log").read_text()
+
+
+def _decode(path):
+    """(frame count, fps, audio codec names)."""
+    with av.open(str(path)) as c:
+        fps = float(c.streams.video[0].average_rate)
+        codecs = [s.codec_context.name for s in c.streams.audio]
+        n = sum(1 for _ in c.decode(video=0))
+    return n, fps, codecs
+
+
+def _expected_frames(audio):
+    info = sf.info(str(audio))
+    return info.frames / info.samplerate * 25
+
+
+def test_server_queues_parallel_requests(server, assets, tmp_path):
+    from gradio_client import Client, handle_file
+
+    before = len((server.logs / "stderr.log").read_text())
+    clients = [Client(server.url, verbose=False, download_files=str(tmp_path / f"c{k}")) for k in range(2)]
+    jobs = [clients[0].submit(handle_file(str(PORTRAIT)), handle_file(str(SPEECH)), "talkingface.pt", api_name="/generate"),
+            clients[1].submit(handle_file(str(assets / "face.png")), handle_file(str(assets / "speech.wav")), "tiny.pt",
+                              api_name="/generate")]
+    (video_a, status_a), (video_b, status_b) = (j.result(timeout=300) for j in jobs)
+    assert status_a.startswith("Done: 128 frames (5.14 s) at 910x1136") and status_a.endswith("with talkingface.pt.")
+    assert status_b.startswith("Done: 10 frames (0.40 s) at 360x288") and status_b.endswith("with tiny.pt.")
+    for video, audio in [(video_a, SPEECH), (video_b, assets / "speech.wav")]:
+        n, fps, codecs = _decode(video)
+        assert fps == 25.0 and codecs == ["aac"] and abs(n - _expected_frames(audio)) <= 1
+    # queued, one generation at a time: each started after the one before had written its video
+    log = [line for line in (server.logs / "stderr.log").read_text()[before:].splitlines()
+           if "talkingface.serve: generating" in line or "talkingface.api: wrote" in line]
+    assert len(log) == 4 and all(("generating" in line) == (k % 2 == 0) for k, line in enumerate(log)), log
+
+
+def test_server_api_errors_are_readable(server, assets):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(server.url, verbose=False)
+    with pytest.raises(AppError, match=r"^notes\.jpg: not an image or a video \(it cannot be read as either\)$"):
+        client.predict(handle_file(str(assets / "notes.jpg")), handle_file(str(assets / "speech.wav")), None,
+                       api_name="/generate")
+
+
+# -- the page, in headless Chromium
+
+
+@pytest.fixture(scope="module")
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_bin = shutil.which("chromedriver")
+    if not chromium or not driver_bin:
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for a in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1000",
+              "--mute-audio", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]:  # a beeping mic
+        opts.add_argument(a)
+    driver = webdriver.Chrome(service=DriverService(driver_bin), options=opts)
+    yield driver
+    driver.quit()
+
+
+def _page(driver, url):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#generate"))
+    return By
+
+
+def _upload(driver, face, audio):
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, "#face input[type=file]").send_keys(str(face))
+    driver.find_element(By.CSS_SELECTOR, "#speech input[type=file]").send_keys(str(audio))
+
+
+# Read the page with JavaScript: one atomic look at a DOM that Gradio keeps re-rendering.
+def _status(driver) -> str:
+    return driver.execute_script("const t = document.querySelector('#status textarea'); return t ? t.value : '';")
+
+
+def _toasts(driver) -> str:
+    return driver.execute_script("return [...document.querySelectorAll('.toast-body')].map(e => e.innerText).join(' ');")
+
+
+def _progress(driver) -> list[str]:
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#result .progress-text, #result .meta-text')].map(e => e.innerText);")
+
+
+def _video_src(driver) -> str:
+    return driver.execute_script("const v = document.querySelector('#result video'); return v ? v.src : '';")
+
+
+def _wait(driver, until, timeout=180.0, every=0.2):
+    """Poll ``until(driver)`` until it is truthy; returns its value and the progress texts seen."""
+    seen = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen.update(_progress(driver))
+        value = until(driver)
+        if value:
+            return value, seen
+        time.sleep(every)
+    pytest.fail(f"timed out; status {_status(driver)!r}, toasts {_toasts(driver)!r}")
+
+
+@pytest.mark.browser
+def test_browser_generate(server, browser, tmp_path):
+    """Upload the shipped portrait and speech, press Generate, watch the progress, get the video."""
+    By = _page(browser, server.url)
+    assert browser.find_element(By.CSS_SELECTOR, "#checkpoint").is_displayed()  # two checkpoints: a choice
+    _upload(browser, PORTRAIT, SPEECH)
+    time.sleep(1)  # the uploads finish
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+
+    src, seen = _wait(browser, lambda d: _video_src(d) or _status(d).startswith("Error"))
+    assert isinstance(src, str), _status(browser)
+    assert any(re.search(r"\d+/128 frames", t) for t in seen), seen  # per-frame progress reached the page
+    assert _status(browser).startswith("Done: 128 frames (5.14 s) at 910x1136")
+    # the browser itself decodes and can play it
+    js = "const v = document.querySelector('#result video'); return [v.readyState, v.duration, v.videoWidth, v.error];"
+    (_, duration, width, error), _ = _wait(browser, lambda d: (r := d.execute_script(js))[0] >= 1 and r, 30)
+    assert error is None and width == 910 and abs(duration - 5.14) < 0.1
+    # the mp4 the page links to
+    out = tmp_path / "result.mp4"
+    with urllib.request.urlopen(src, timeout=30) as r:
+        out.write_bytes(r.read())
+    n, fps, codecs = _decode(out)
+    assert fps == 25.0 and codecs == ["aac"] and abs(n - _expected_frames(SPEECH)) <= 1
+    browser.execute_script("window.scrollTo(0, 0)")
+    browser.save_screenshot(str(tmp_path / "serve.png"))
+    shutil.copyfile(tmp_path / "serve.png", "/tmp/serve_screenshot.png")
+    assert "Traceback" not in browser.page_source
+
+
+@pytest.mark.browser
+def test_browser_microphone(server, browser):
+    """Speech recorded in the page (Chromium's fake microphone beeps) drives the face."""
+    By = _page(browser, server.url)
+    browser.find_element(By.CSS_SELECTOR, "#face input[type=file]").send_keys(str(PORTRAIT))
+    browser.find_element(By.CSS_SELECTOR, "#speech button[aria-label='Record audio']").click()
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#speech button.record-button"), 10)[0][0].click()
+    time.sleep(2)
+    browser.find_element(By.CSS_SELECTOR, "#speech button.stop-button").click()
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#speech audio, #speech .waveform-container"), 10)
+    time.sleep(1)  # the recording is uploaded
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+    status, _ = _wait(browser, lambda d: (s := _status(d)).startswith(("Done", "Error")) and s, 120)
+    frames = int(re.match(r"Done: (\d+) frames", status).group(1)) if status.startswith("Done") else 0
+    assert 25 <= frames <= 100, status  # about 2 s
+    assert _video_src(browser)
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("case", ["text as .jpg", "no face", "silent audio", "too large"])
+def test_browser_bad_upload_shows_a_readable_message(server, browser, assets, tmp_path, case):
+    By = _page(browser, server.url)
+    face, audio = PORTRAIT, SPEECH
+    if case == "text as .jpg":
+        face, expected = assets / "notes.jpg", "notes.jpg: not an image or a video (it cannot be read as either)"
+    elif case == "no face":
+        face, expected = assets / "noise.png", "noise.png: no face found in the photo"
+    elif case == "silent audio":
+        audio, expected = assets / "silence.wav", "silence.wav: the audio is silent"
+    else:  # Gradio refuses the upload itself (the server takes 2 MB); Generate then asks for a face
+        face = tmp_path / "huge.jpg"
+        face.write_bytes(PORTRAIT.read_bytes() + b"\0" * (3 << 20))
+        expected = "Upload a photo or a video of a face first."
+    _upload(browser, face, audio)
+    time.sleep(1)
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+    status, _ = _wait(browser, lambda d: (s := _status(d)).startswith("Error") and s, 60)
+    assert status == f"Error: {expected}"
+    _wait(browser, lambda d: expected in _toasts(d), 10)  # the same line in a toast
+    if case == "too large":
+        assert 'exceed the maximum allowed size of 2.0 Mb: "huge.jpg"' in _toasts(browser)
+    assert "Traceback" not in browser.page_source
+    browser.save_screenshot(str(tmp_path / "error.png"))
