@@ -1,33 +1,41 @@
-"""Copy a trained generator into the package as the shipped checkpoint (float16 weights: half the
-size, loaded back as float32), with notes in its meta.
+"""Copy a trained model into the repo as a shipped checkpoint (float16 weights: half the size,
+loaded back as float32), with notes in its meta.
 
     python scripts/ship_checkpoint.py runs/generator/generator.pt --note "..."
+    python scripts/ship_checkpoint.py runs/sync-eval/sync_expert.pt --kind sync -o checkpoints/sync_eval.pt --note "..."
 """
 
 import argparse
 import json
 
-import torch
-
 from talkingface.api import default_checkpoint
+from talkingface.config import SyncExpertConfig
 from talkingface.inference import load_generator
-from talkingface.training.checkpoint import export_model
+from talkingface.models.sync_expert import SyncExpert
+from talkingface.training.checkpoint import export_model, load_model
+
+
+def _load(path: str, kind: str):
+    if kind == "generator":
+        return load_generator(path)
+    return load_model(path, "sync", SyncExpert, SyncExpertConfig)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint")
+    ap.add_argument("--kind", choices=["generator", "sync"], default="generator")
     ap.add_argument("--note", default="")
-    ap.add_argument("-o", "--out", default=str(default_checkpoint()))
+    ap.add_argument("-o", "--out", default=None, help="default: the package's shipped generator")
     args = ap.parse_args()
-    g, cfg, meta = load_generator(args.checkpoint)
+    out = args.out or str(default_checkpoint())
+    model, cfg, meta = _load(args.checkpoint, args.kind)
     meta = {**meta, "source": args.checkpoint, "note": args.note}
-    export_model(args.out, "generator", g, cfg, meta, half=True)
-    g16, _, _ = load_generator(args.out)
-    worst = max(float((a - b).abs().max()) for a, b in zip(g.state_dict().values(), g16.state_dict().values())
+    export_model(out, args.kind, model, cfg, meta, half=True)
+    m16, _, _ = _load(out, args.kind)
+    worst = max(float((a - b).abs().max()) for a, b in zip(model.state_dict().values(), m16.state_dict().values())
                 if a.is_floating_point())
-    print(json.dumps({"out": args.out, "meta": meta, "max_abs_weight_change_fp16": worst}, indent=1))
-    torch.set_num_threads(1)
+    print(json.dumps({"out": out, "meta": meta, "max_abs_weight_change_fp16": worst}, indent=1))
 
 
 if __name__ == "__main__":

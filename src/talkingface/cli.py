@@ -218,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", action="append", default=[], help="generator checkpoint (repeatable)")
     p.add_argument("--corpus", required=True)
     p.add_argument("--split", default="test")
-    p.add_argument("--sync-model", required=True, help="evaluation sync expert (trained apart from the generator's critic)")
+    p.add_argument("--sync-model", default="checkpoints/sync_eval.pt",
+                   help="evaluation sync expert, trained apart from the generator's critic (default: the one in the repo)")
     p.add_argument("--max-clips", type=int, default=0, help="evaluate at most this many clips (0 = all)")
     p.add_argument("--portraits", help="folder of photos for the stills test (with --speech)")
     p.add_argument("--speech", help="folder of speech clips for the stills test")
