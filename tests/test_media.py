@@ -652,3 +652,26 @@ def test_read_image_corrupt(tmp_path, kind):
     with pytest.raises(TalkingFaceError) as e:
         read_image(path)
     _assert_one_line_naming(e, path)
+
+
+def test_patched_frames_encode_like_plain_frames(tmp_path):
+    """The encoder's shortcut for frames that differ from a shared base only inside a box gives
+    the same video as converting every frame whole."""
+    from talkingface.media import PatchedFrame
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (66, 90, 3), dtype=np.uint8)  # even size after the 1-px crop rule
+    frames = []
+    for k in range(6):
+        f = base.copy()
+        f[21:40, 33:61] = rng.integers(0, 255, (19, 28, 3), dtype=np.uint8)  # odd box edges
+        frames.append(f)
+    plain = [np.array(f) for f in frames]
+    patched = [PatchedFrame.of(f, base, (33, 21, 61, 40)) for f in frames]
+    assert isinstance(patched[0][1:], np.ndarray) and patched[0][1:].box is None  # slices are plain
+    a, b = tmp_path / "plain.mp4", tmp_path / "patched.mp4"
+    media.write_video(a, plain, crf=0, preset="ultrafast")
+    media.write_video(b, patched, crf=0, preset="ultrafast")
+    fa, fb = media.read_video(a)[0], media.read_video(b)[0]
+    assert len(fa) == len(fb) == 6
+    assert np.array_equal(fa, fb)

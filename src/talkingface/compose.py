@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from .face import invert, transform_points
+from .media import PatchedFrame
 
 
 class Compositor:
@@ -71,4 +72,5 @@ class Compositor:
         roi = self.paste * (mk * warped + (1 - mk) * res) + (1 - self.paste) * roi
         out = dst.copy()
         out[self.y0:self.y1, self.x0:self.x1] = np.clip(roi + 0.5, 0, 255).astype(np.uint8)
-        return out
+        # Tells the encoder that only this box differs from dst (a photo: convert just the mouth).
+        return PatchedFrame.of(out, dst, (self.x0, self.y0, self.x1, self.y1))

@@ -247,6 +247,69 @@ def check_writable(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     return path
 
 
+class PatchedFrame(np.ndarray):
+    """An RGB frame known to equal ``base`` outside the box ``(x0, y0, x1, y1)``.
+
+    A plain ndarray everywhere else; ``write_video`` uses the hint to convert only the box to
+    YUV when consecutive frames share one base (a talking photo: only the mouth region changes)."""
+
+    base: np.ndarray | None = None
+    box: tuple[int, int, int, int] | None = None
+
+    @classmethod
+    def of(cls, frame: np.ndarray, base: np.ndarray, box: tuple[int, int, int, int]) -> PatchedFrame:
+        out = frame.view(cls)
+        out.base, out.box = base, box
+        return out
+
+    def __array_finalize__(self, obj) -> None:  # slices and copies are plain frames again
+        self.base, self.box = None, None
+
+
+def _i420_planes(yuv: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views of the Y (h, w), U and V (h/2, w/2) planes of an I420 buffer (h * 3/2, w)."""
+    flat = yuv.reshape(-1)
+    n, q = h * w, h * w // 4
+    return flat[:n].reshape(h, w), flat[n: n + q].reshape(h // 2, w // 2), flat[n + q:].reshape(h // 2, w // 2)
+
+
+class _YUVConverter:
+    """RGB -> I420 with OpenCV (SIMD; ~4x faster than FFmpeg's swscale from rgb24 here), and for
+    ``PatchedFrame``s of one base only the changed box (on even coordinates) is converted."""
+
+    def __init__(self, h: int, w: int):
+        import cv2
+
+        self.cv2, self.h, self.w = cv2, h, w
+        # The base must not change in place between frames (the cached conversion would go stale).
+        self.base: np.ndarray | None = None
+        self.candidate: np.ndarray | None = None
+        self.base_yuv: np.ndarray | None = None
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        cv2, h, w = self.cv2, self.h, self.w
+        base, box = getattr(frame, "base", None), getattr(frame, "box", None)
+        if base is None or box is None or base.shape[:2] != frame.shape[:2]:
+            return cv2.cvtColor(np.ascontiguousarray(frame[:h, :w]), cv2.COLOR_RGB2YUV_I420)
+        if self.base is not base:
+            if self.candidate is not base:  # a base seen once (every video frame) costs no extra conversion
+                self.candidate = base
+                return cv2.cvtColor(np.ascontiguousarray(frame[:h, :w]), cv2.COLOR_RGB2YUV_I420)
+            self.base = base  # seen twice in a row: worth converting once and patching from now on
+            self.base_yuv = cv2.cvtColor(np.ascontiguousarray(base[:h, :w]), cv2.COLOR_RGB2YUV_I420)
+        x0, y0 = max(0, box[0]) // 2 * 2, max(0, box[1]) // 2 * 2
+        x1, y1 = min(w, -(-box[2] // 2) * 2), min(h, -(-box[3] // 2) * 2)
+        yuv = self.base_yuv.copy()
+        if x1 > x0 and y1 > y0:
+            part = cv2.cvtColor(np.ascontiguousarray(frame[y0:y1, x0:x1]), cv2.COLOR_RGB2YUV_I420)
+            py, pu, pv = _i420_planes(part, y1 - y0, x1 - x0)
+            fy, fu, fv = _i420_planes(yuv, h, w)
+            fy[y0:y1, x0:x1] = py
+            fu[y0 // 2: y1 // 2, x0 // 2: x1 // 2] = pu
+            fv[y0 // 2: y1 // 2, x0 // 2: x1 // 2] = pv
+        return yuv
+
+
 def write_video(
     path: str | Path,
     frames: Iterable[np.ndarray],
@@ -255,27 +318,31 @@ def write_video(
     sample_rate: int = 16000,
     crf: int = 20,
     preset: str = "superfast",
+    tune: str | None = None,
 ) -> int:
     """Encode RGB uint8 frames (H, W, 3) as H.264 + (optional) AAC mp4, atomically.
 
-    Odd frame sizes are cropped by one pixel (yuv420p needs even sizes). Returns the frame count.
+    Odd frame sizes are cropped by one pixel (yuv420p needs even sizes). ``PatchedFrame``s are
+    converted to YUV only where they differ from their base. Returns the frame count.
     """
     n = 0
     with atomic_output(path, suffix=".mp4") as tmp:
         with av.open(str(tmp), mode="w", format="mp4") as out:
             vs = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             vs.pix_fmt = "yuv420p"
-            vs.options = {"crf": str(crf), "preset": preset}
+            vs.options = {"crf": str(crf), "preset": preset, **({"tune": tune} if tune else {})}
             sound = None
             if audio is not None:
                 sound = _AudioWriter(out, np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate)
+            to_yuv = None
             for frame in frames:
                 if n == 0:
                     h, w = frame.shape[0] // 2 * 2, frame.shape[1] // 2 * 2
                     if h == 0 or w == 0:
                         raise TalkingFaceError("frames too small to encode")
                     vs.width, vs.height = w, h
-                f = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), format="rgb24")
+                    to_yuv = _YUVConverter(h, w)
+                f = av.VideoFrame.from_ndarray(to_yuv(frame), format="yuv420p")
                 for packet in vs.encode(f):
                     out.mux(packet)
                 n += 1
