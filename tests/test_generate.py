@@ -385,3 +385,26 @@ def test_video_as_face_dubs_it(assets, model, tmp_path):
         api.generate(_bytes(tmp_path / "bad.mov", b"\0" * 100), assets["short"], tmp_path / "x.mp4", model=model,
                      progress=False)
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_video_tracking_on_every_other_frame_matches_every_frame(assets, tmp_path):
+    """Dubbing finds landmarks on every 2nd frame only; the interpolated, smoothed alignments stay
+    within a pixel of tracking every frame, and a frame between two faceless frames has no face."""
+    from talkingface.config import FaceConfig
+
+    frames = assets["frames"][:13].copy()
+    frames[10:] = 0  # the face leaves the picture for the last three frames
+    video = tmp_path / "face.mp4"
+    write_video(video, frames, crf=10)
+    cfg = FaceConfig()
+    every = api._video(video, cfg, 25.0, detect_every=1)[3](13)
+    half = api._video(video, cfg, 25.0, detect_every=2)[3](13)
+    for k, ((_, m1), (_, m2)) in enumerate(zip(every, half)):
+        if k >= 10:
+            assert m1 is None and m2 is None
+            continue
+        corners = np.array([[0, 0, 1], [128, 128, 1]], np.float64)
+        # where the crop's corners land in the frame, both ways
+        p1 = corners @ np.linalg.inv(np.vstack([m1, [0, 0, 1]])).T
+        p2 = corners @ np.linalg.inv(np.vstack([m2, [0, 0, 1]])).T
+        assert np.abs(p1 - p2).max() < 1.5, k

@@ -104,11 +104,15 @@ def _photo(face: Path, cfg: FaceConfig, face_index: int):
     return image, found.landmarks, m, backgrounds, found.n_faces, found.index
 
 
-def _video(face: Path, cfg: FaceConfig, fps: float):
+def _video(face: Path, cfg: FaceConfig, fps: float, detect_every: int = 2):
     """Track the face through the video (landmarks only), smooth the alignments, and pick the
     frame with the most closed mouth as the reference. Frames are kept in memory (as JPEG when the
     raw frames would pass ~1 GB) so the video can be played back and forth (ping-pong) to cover
-    audio longer than the video."""
+    audio longer than the video.
+
+    Landmarks are found on every ``detect_every``-th frame only (the face mesh is the costliest
+    step of dubbing); the alignments in between are interpolated, which the temporal smoothing
+    does anyway. A skipped frame counts as having a face when its detected neighbours do."""
     import cv2
 
     from .face import mouth_opening, smooth_matrices
@@ -120,7 +124,7 @@ def _video(face: Path, cfg: FaceConfig, fps: float):
         for k, frame in enumerate(iter_video(face, fps)):
             frame = _even(frame)
             raw_bytes += frame.nbytes
-            f = mesh.detect(frame)
+            f = mesh.detect(frame) if k % detect_every == 0 else None
             found.append(f is not None)
             lms.append(f.landmarks if f is not None else None)
             if f is not None:
@@ -134,10 +138,29 @@ def _video(face: Path, cfg: FaceConfig, fps: float):
                           for f in frames]
     if best is None:
         raise TalkingFaceError(f"{face}: no face found in any frame of the video")
-    found_arr = np.array(found)
+    # A skipped frame has a face when the detected frames on both sides agree that there is (or
+    # is not) one; where they disagree (the face enters or leaves), look for real.
+    t = len(frames)
+    present = list(found)
+    unsure = []
+    for k in range(t):
+        if k % detect_every:
+            before = found[k - k % detect_every]
+            after = found[k - k % detect_every + detect_every] if k - k % detect_every + detect_every < t else before
+            present[k] = before
+            if before != after:
+                unsure.append(k)
+    if unsure:
+        with FaceMesh(cfg) as still_mesh:
+            for k in unsure:
+                fr = frames[k]
+                f = still_mesh.detect(cv2.imdecode(np.frombuffer(fr, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+                                      if isinstance(fr, bytes) else fr)
+                found[k] = present[k] = f is not None
+                lms[k] = f.landmarks if f is not None else None
+    found_arr, present = np.array(found), np.array(present)
     raw = np.stack([alignment_matrix(lm, cfg) if lm is not None else np.zeros((2, 3), np.float32) for lm in lms])
     mats = smooth_matrices(raw, found_arr, cfg.smooth_sigma)
-    t = len(frames)
 
     def backgrounds(n):
         for k in range(n):
@@ -146,7 +169,7 @@ def _video(face: Path, cfg: FaceConfig, fps: float):
             fr = frames[i]
             if isinstance(fr, bytes):
                 fr = cv2.imdecode(np.frombuffer(fr, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
-            yield fr, (mats[i] if found_arr[i] else None)
+            yield fr, (mats[i] if present[i] else None)
 
     k, ref_frame = best
     return ref_frame, lms[k], mats[k], backgrounds, n_faces, 0
