@@ -406,6 +406,7 @@ def test_browser_generate(server, browser, tmp_path):
     assert browser.find_element(By.CSS_SELECTOR, "#checkpoint").is_displayed()  # two checkpoints: a choice
     _upload(browser, PORTRAIT, SPEECH)
     time.sleep(1)  # the uploads finish
+    sessions_before = set((server.work / "sessions").iterdir())
     browser.find_element(By.CSS_SELECTOR, "#generate").click()
 
     src, seen = _wait(browser, lambda d: _video_src(d) or _status(d).startswith("Error"))
@@ -426,6 +427,11 @@ def test_browser_generate(server, browser, tmp_path):
     browser.save_screenshot(str(tmp_path / "serve.png"))
     shutil.copyfile(tmp_path / "serve.png", "/tmp/serve_screenshot.png")
     assert "Traceback" not in browser.page_source
+    # closing the page removes the session's results from the server
+    (session,) = set((server.work / "sessions").iterdir()) - sessions_before
+    assert list(session.rglob("portrait-talking.mp4"))
+    browser.get("about:blank")
+    _wait(browser, lambda d: not session.exists(), 30)
 
 
 @pytest.mark.browser
