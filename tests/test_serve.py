@@ -267,22 +267,25 @@ def server(assets, tmp_path_factory):
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=logs)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 180
-    while True:
+    while True:  # up: it printed its address (after the work folder, the models and the launch) and answers
         if proc.poll() is not None:
             pytest.fail(f"server exited with {proc.returncode}:\n{(logs / 'stderr.log').read_text()}")
         try:
-            with urllib.request.urlopen(url, timeout=2):
-                break
+            if url.rstrip("/") in (logs / "stdout.log").read_text():
+                with urllib.request.urlopen(url, timeout=2):
+                    break
         except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"server did not answer in 180 s:\n{(logs / 'stderr.log').read_text()}")
-            time.sleep(0.5)
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"server did not answer in 180 s:\n{(logs / 'stderr.log').read_text()}")
+        time.sleep(0.5)
     work = re.search(r"work folder (\S+)", (logs / "stderr.log").read_text())
-    yield types.SimpleNamespace(url=url, proc=proc, logs=logs, work=Path(work.group(1)) if work else None)
+    assert work, (logs / "stderr.log").read_text()
+    yield types.SimpleNamespace(url=url, proc=proc, logs=logs, work=Path(work.group(1)))
     proc.terminate()  # SIGTERM: the server stops and removes its work folder
     assert proc.wait(60) == 0, (logs / "stderr.log").read_text()
-    assert work and not Path(work.group(1)).exists()
+    assert not Path(work.group(1)).exists()
     assert "Traceback" not in (logs / "stderr.log").read_text()
 
 

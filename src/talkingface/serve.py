@@ -370,6 +370,7 @@ def serve(checkpoints: Sequence[str | Path] = (), host: str = DEFAULT_HOST, port
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up checks, one line per request
     _stop_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="talkingface-serve-"))
+    log.info("work folder %s", work)
     demo = None
     try:
         # Gradio looks its temp dir up when the page is built and again on every upload: while
@@ -389,7 +390,6 @@ def serve(checkpoints: Sequence[str | Path] = (), host: str = DEFAULT_HOST, port
                 log.warning("listening on %s: anyone who can reach this machine can use the page (no login)", host)
             url_host = "127.0.0.1" if host == "0.0.0.0" else host
             print(f"talkingface web UI: http://{url_host}:{port}  (Ctrl-C stops it)", flush=True)
-            log.info("work folder %s", work)
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
                     time.sleep(0.5)
