@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 import torch
 
@@ -203,3 +204,27 @@ def test_ddp_two_ranks_stay_in_sync(corpus, tmp_path, kind):
     steps = [(r["step"], r["split"]) for r in _rows(run)]
     assert len(steps) == len(set(steps))  # only rank 0 writes metrics
     assert [s for s, split in steps if split == "train"] == ["1", "2", "3"]
+
+
+def test_augmentation_keeps_shapes_and_moves_points_with_the_image():
+    """augment_batch: shapes kept, values finite, the voice changed, and landmarks follow the same
+    geometric jitter/flip as the pixels (a dark dot drawn at a landmark stays under it)."""
+    from talkingface.data.dataset import augment_batch
+
+    n, t, s = 6, 3, 64
+    img = torch.ones(n, 3, s, s)
+    pts = torch.tensor([[0.3, 0.6], [0.62, 0.7]]).expand(n, 2, 2).clone()
+    for i in range(n):
+        x, y = (pts[i, 0] * s).long()
+        img[i, :, y - 2: y + 3, x - 2: x + 3] = -1.0  # a dot under landmark 0
+    mel = torch.randn(n, t, 80, 35)
+    b = {"ref": img.clone(), "ref_points": pts.clone(), "target": img[:, None].expand(n, t, 3, s, s).clone(),
+         "points": pts[:, None].expand(n, t, 2, 2).clone(), "mel": mel.clone()}
+    augment_batch(b, np.random.default_rng(0))
+    assert b["ref"].shape == (n, 3, s, s) and b["target"].shape == (n, t, 3, s, s) and b["mel"].shape == mel.shape
+    assert all(torch.isfinite(v).all() for v in b.values())
+    assert (b["mel"] - mel).abs().mean() > 0.1
+    for i in range(n):
+        x, y = (b["ref_points"][i, 0] * s).round().long()
+        lum = b["ref"][i].mean(0)
+        assert lum[y, x] < lum.mean() - 0.5, i  # still on the dot after rotation/scale/flip

@@ -79,6 +79,10 @@ class GeneratorConfig:
     identity: IdentityEncoderConfig = field(default_factory=IdentityEncoderConfig)
     hidden: int = 256
     recurrent: bool = True  # False = the paper's frame-wise baseline (no GRU)
+    # Whether the identity vector conditions the GRU (the motion). With one training identity it
+    # can only learn that person's habits; False makes motion depend on audio and the reference's
+    # lip geometry alone. True reproduces checkpoints made before this option existed.
+    motion_identity: bool = True
     # "warp": flow + mask + residual over the photo's own pixels (default); "paint": the decoder
     # paints the lower face from features alone (the paper's decoder), kept to measure the choice.
     render: str = "warp"

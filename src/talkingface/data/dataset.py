@@ -4,8 +4,8 @@ reference frame of the same clip as the identity photo.
 
 Augmentation (same draw for a sample's reference and targets, so the task stays consistent):
 colour (per-channel gain, brightness, contrast, sometimes grayscale), small similarity jitter and
-horizontal flips for appearance/pose independence; a mel-axis stretch (vocal tract length
-perturbation) and band masking for voice independence.
+horizontal flips for appearance/pose independence; for voice independence a mel-axis stretch
+(vocal tract length), spectral tilt and EQ, dynamics scaling and band masking.
 """
 
 from __future__ import annotations
@@ -218,16 +218,24 @@ def augment_batch(b: dict, rng: np.random.Generator) -> None:
     b["ref_points"] = geo_points(b["ref_points"])
     b["points"] = geo_points(b["points"])
 
-    # Voice: stretch the mel axis by up to +-10% (vocal tract length) and mask one band.
+    # Voice (the training audio is nearly all one man's voice): stretch the mel axis by 0.8..1.25
+    # (vocal tract length: other men, women, children), tilt the spectrum and apply a smooth
+    # random EQ (microphones, rooms, vocal effort), scale the normalised dynamics (quiet vs
+    # shouted speech), and mask one band.
     for key in ("mel", "neg_mel"):
         if key not in b:
             continue
         m = b[key]  # (N, T, n_mels, steps)
         nm, st = m.shape[2:]
-        alpha = torch.from_numpy(rng.uniform(0.9, 1.1, n)).float()
+        alpha = torch.from_numpy(np.exp(rng.uniform(np.log(0.8), np.log(1.25), n))).float()
         ys = torch.linspace(-1, 1, nm)[None, :] * alpha[:, None]  # (N, n_mels)
         grid = torch.stack(torch.broadcast_tensors(torch.linspace(-1, 1, st)[None, None, :], ys[:, :, None]), -1)
         warped = F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        tilt = torch.from_numpy(rng.uniform(-1, 1, (n, 1, 1, 1))).float() * torch.linspace(-1, 1, nm)[None, None, :, None]
+        knots = torch.from_numpy(rng.normal(0, 0.5, (n, 1, 6))).float()
+        eq = F.interpolate(knots, size=nm, mode="linear", align_corners=True)[:, 0][:, None, :, None]
+        gain = torch.from_numpy(rng.uniform(0.6, 1.4, (n, 1, 1, 1))).float()
+        warped = (warped + tilt + eq) * gain
         lo = rng.integers(0, nm - 8, n)
         for i in range(n):
             warped[i, :, lo[i]: lo[i] + int(rng.integers(0, 8))] = 0.0

@@ -39,7 +39,7 @@ class Generator(nn.Module):
         self.audio_encoder = AudioEncoder(cfg.audio)
         self.identity_encoder = IdentityEncoder(cfg.identity)
         self.points_in = nn.Sequential(nn.Linear(2 * cfg.n_points, 128), nn.ReLU(inplace=True), nn.Linear(128, 128))
-        fused = cfg.audio.dim + cfg.identity.dim + 128
+        fused = cfg.audio.dim + (cfg.identity.dim if cfg.motion_identity else 0) + 128
         if cfg.recurrent:
             self.gru = nn.GRU(fused, cfg.hidden, batch_first=True)
         else:
@@ -74,6 +74,13 @@ class Generator(nn.Module):
         pts = self.points_in((ref_points - 0.5).flatten(1))
         return {"ref": ref, "ref_points": ref_points, "skips": half, "id": idv, "points_feat": pts}
 
+    def encode_motion_reference(self, ref: torch.Tensor, ref_points: torch.Tensor) -> dict:
+        """What ``motion`` alone needs: without ``motion_identity`` the identity encoder (the
+        costly part at large batch) is skipped."""
+        if self.cfg.motion_identity:
+            return self.encode_reference(ref, ref_points)
+        return {"ref_points": ref_points, "points_feat": self.points_in((ref_points - 0.5).flatten(1))}
+
     def forward(self, mel: torch.Tensor, ref: torch.Tensor | dict, ref_points: torch.Tensor | None = None,
                 state: torch.Tensor | None = None) -> dict:
         """mel: (B, T, n_mels, steps) per-frame audio windows; ref: (B, 3, S, S) or an encoded
@@ -93,7 +100,8 @@ class Generator(nn.Module):
         large batches before the renderer joins in."""
         b, t = mel.shape[:2]
         a = self.audio_encoder(mel.flatten(0, 1)).view(b, t, -1)  # (B, T, Da)
-        cond = torch.cat([enc["id"], enc["points_feat"]], 1)[:, None].expand(b, t, -1)
+        cond = torch.cat([enc["id"], enc["points_feat"]], 1) if self.cfg.motion_identity else enc["points_feat"]
+        cond = cond[:, None].expand(b, t, -1)
         x = torch.cat([a, cond], 2)  # (B, T, Da + Di + 128)
         if self.cfg.recurrent:
             h, state = self.gru(x, state)  # (B, T, H), (1, B, H)

@@ -294,7 +294,7 @@ class GeneratorTask:
         """Stage 0: audio -> lower-face landmark motion only."""
         g = _bare(self.g)
         g.train()
-        enc = g.encode_reference(batch["ref"], batch["ref_points"])
+        enc = g.encode_motion_reference(batch["ref"], batch["ref_points"])
         m = g.motion(batch["mel"], enc)
         loss = losses.l1(m["points"], batch["points"])
         self.opt_g.zero_grad(set_to_none=True)
