@@ -403,7 +403,7 @@ def _wait(driver, until, timeout=180.0, every=0.2):
 
 
 @pytest.mark.browser
-def test_browser_generate(server, browser, tmp_path):
+def test_browser_generate(browser, server, tmp_path):
     """Upload the shipped portrait and speech, press Generate, watch the progress, get the video."""
     By = _page(browser, server.url)
     assert browser.find_element(By.CSS_SELECTOR, "#checkpoint").is_displayed()  # two checkpoints: a choice
@@ -438,7 +438,7 @@ def test_browser_generate(server, browser, tmp_path):
 
 
 @pytest.mark.browser
-def test_browser_microphone(server, browser):
+def test_browser_microphone(browser, server):
     """Speech recorded in the page (Chromium's fake microphone beeps) drives the face."""
     By = _page(browser, server.url)
     browser.find_element(By.CSS_SELECTOR, "#face input[type=file]").send_keys(str(PORTRAIT))
@@ -457,7 +457,7 @@ def test_browser_microphone(server, browser):
 
 @pytest.mark.browser
 @pytest.mark.parametrize("case", ["text as .jpg", "no face", "silent audio", "too large"])
-def test_browser_bad_upload_shows_a_readable_message(server, browser, assets, tmp_path, case):
+def test_browser_bad_upload_shows_a_readable_message(browser, server, assets, tmp_path, case):
     By = _page(browser, server.url)
     face, audio = PORTRAIT, SPEECH
     if case == "text as .jpg":
