@@ -86,3 +86,39 @@ def test_stills_and_cli_errors(setup, tmp_path):
                         "--sync-model", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_loudness_baseline_parts():
+    """The loudness-driven mouth: the open direction is fitted from landmark tracks (lips part, jaw
+    drops), the activation follows the envelope in [0, 1], and the renderer draws given offsets."""
+    from talkingface.evaluation.baselines import lip_gap, loudness_activation, open_direction, render_motion
+    from talkingface.face import LIP_INNER_BOTTOM, LOWER_FACE
+
+    rng = np.random.default_rng(0)
+    k = len(LOWER_FACE)
+    base = rng.uniform(0.3, 0.9, (k, 2))
+    pattern = np.zeros((k, 2))
+    pattern[list(LOWER_FACE).index(LIP_INNER_BOTTOM), 1] = 0.04  # opening = the lower lip drops
+    tracks = []
+    for _ in range(3):
+        a = rng.uniform(0, 1, 40)
+        pts = base + a[:, None, None] * pattern + rng.normal(0, 1e-4, (40, k, 2))
+        tracks.append((pts, np.ones(40, bool)))
+    d = open_direction(tracks)
+    assert d.shape == (k, 2)
+    assert d[list(LOWER_FACE).index(LIP_INNER_BOTTOM), 1] == pytest.approx(0.036, abs=0.005)  # 90% of the range
+    assert lip_gap(base + d) > lip_gap(base)
+    loud = np.r_[np.full(10, -60.0), np.full(10, -20.0), np.linspace(-60, -20, 10)]
+    act = loudness_activation(loud)
+    assert act.min() == 0.0 and act.max() == 1.0 and np.all(np.diff(act[20:]) >= 0)
+    assert loudness_activation(np.full(10, -30.0)).max() == 0.0  # constant level: no flapping
+
+    torch.manual_seed(0)
+    g = Generator(GeneratorConfig(audio=AudioEncoderConfig(width=8), identity=IdentityEncoderConfig(width=8), hidden=32))
+    ref = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    ref_pts = base.astype(np.float32)
+    still = render_motion(g, ref, ref_pts, np.zeros((3, k, 2), np.float32))
+    moved = render_motion(g, ref, ref_pts, np.repeat(d[None], 3, 0))
+    assert still.shape == moved.shape == (3, 128, 128, 3) and still.dtype == np.uint8
+    assert np.array_equal(still[:, :60], moved[:, :60])  # the upper face is the photo's
+    assert np.abs(still[:, 64:].astype(int) - moved[:, 64:]).mean() > 0.1  # the offsets move the lower face

@@ -40,3 +40,9 @@ def load_clip(corpus: str | Path, row: dict, fps: float = 25.0) -> Clip:
     meta = np.load(d / "meta.npz")
     t = min(len(crops), len(meta["found"]))  # the encoder keeps every frame; guard anyway
     return Clip(row, crops[:t], audio, meta["landmarks"][:t], meta["found"][:t], meta["phonemes"][:t].astype(np.int64))
+
+
+def load_landmarks(corpus: str | Path, row: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A clip's (T, 478, 2) crop-pixel landmarks and (T,) found flags, without decoding its video."""
+    meta = np.load(Path(corpus) / "clips" / row["clip"] / "meta.npz")
+    return meta["landmarks"], meta["found"]

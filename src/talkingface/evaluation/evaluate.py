@@ -12,8 +12,10 @@ Protocols
   clips with audio shifted by 0.5 s and 1 s, a still face, and another clip's audio.
 
 Systems: ``real`` (the real crops: the upper bound), ``still`` (the reference frame repeated: what
-a metric must rank below a model), and every checkpoint given. The sync model used here must be a
-separately trained expert (other seed, other data), never the generator's own critic.
+a metric must rank below a model), ``loudness-driven`` (lips opening with the speech envelope,
+drawn by the first checkpoint's renderer: ``baselines.py``), and every checkpoint given. The sync
+model used here must be a separately trained expert (other seed, other data), never the
+generator's own critic.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from . import metrics as M
 log = logging.getLogger(__name__)
 
 SHIFT_05S, SHIFT_1S = 13, 25  # frames at 25 fps (0.52 s, 1.0 s)
+LOUDNESS = "loudness-driven"  # the baseline system's name in reports
 
 
 def lower(crops: np.ndarray) -> torch.Tensor:
@@ -126,6 +129,16 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
     out_dir = Path(out_dir)
     (out_dir / "sheets").mkdir(parents=True, exist_ok=True)
     clips = load_clips(corpus, rows, data_cfg)
+    # The loudness-driven mouth, rendered by the first checkpoint's renderer (see baselines.py).
+    loud_renderer, open_dir = None, None
+    train_rows = [r for r in all_rows if r["split"] == "train"]
+    if gens and train_rows:
+        from .baselines import corpus_open_direction
+
+        loud_renderer = next(iter(gens.values()))
+        open_dir = corpus_open_direction(corpus, train_rows, data_cfg.face.crop_size)
+    elif gens:
+        log.info("no train clips in %s: the loudness-driven baseline (fitted on them) is left out", corpus)
     import soundfile as sf
 
     per_clip: dict[str, dict[str, dict]] = {}
@@ -151,6 +164,12 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
         res["real"]["loudness_open_corr"] = M.curve_correlation(loud_db, real_curves["opening"])
         res["real"]["loudness_open_corr_av"] = M.curve_correlation(loud_db, real_curves["opening"], av)
         other = clips[(k + 1) % len(clips)] if len(clips) > 1 else c
+        if loud_renderer is not None:
+            from .baselines import loudness_activation, render_motion
+
+            offsets = loudness_activation(loud_db)[:, None, None] * open_dir[None]
+            loud = render_motion(loud_renderer, ref, c.points[ri].numpy(), offsets)
+            res[LOUDNESS] = clip_metrics(loud, real, real_lm, real_curves, ref, mel, silent, expert, av_offset=av)[0]
         for name, g in gens.items():
             gen = np.stack([x for x, _ in generate_crops(g, ref, c.points[ri].numpy(), mel)])
             res[name], gen_curves = clip_metrics(gen, real, real_lm, real_curves, ref, mel, silent, expert, av_offset=av)
@@ -175,7 +194,7 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
         for label, v in cal.items():
             calib.setdefault(label, []).append(v["sync_dist_at_0"])
             calib.setdefault(label + " LSE-C", []).append(v["lse_c"])
-    systems = sorted({s for r in per_clip.values() for s in r}, key=lambda s: (s not in ("real", "still"), s))
+    systems = sorted({s for r in per_clip.values() for s in r}, key=lambda s: (s not in ("real", "still", LOUDNESS), s))
     summary = {}
     for s in systems:
         keys = sorted({k for r in per_clip.values() if s in r for k in r[s]})
