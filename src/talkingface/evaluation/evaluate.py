@@ -35,6 +35,7 @@ from ..data.dataset import first_face, load_clips
 from ..errors import TalkingFaceError
 from ..face import FaceMesh
 from ..inference import generate_crops, load_generator
+from ..phonemes import VISEMES, viseme_ids
 from ..models.sync_expert import SyncExpert
 from ..training.checkpoint import load_model
 from . import metrics as M
@@ -64,10 +65,13 @@ def detect_landmarks(crops: np.ndarray) -> np.ndarray:
 
 def clip_metrics(gen: np.ndarray, real: np.ndarray, real_lm: np.ndarray, real_curves: dict, ref: np.ndarray,
                  mel: torch.Tensor, silent: np.ndarray, expert, with_truth: bool = True,
-                 av_offset: int = 0) -> tuple[dict, dict | None]:
+                 av_offset: int = 0, visemes: np.ndarray | None = None,
+                 by_viseme: dict | None = None) -> tuple[dict, dict | None]:
     """Metrics of one generated clip, and the mouth curves of its detected landmarks (None without
     ground truth, where no landmarks are detected). ``av_offset``: the real clip's own audio-visual
-    offset (see :func:`real_av_offset`), for the ``*_av`` correlations."""
+    offset (see :func:`real_av_offset`), for the ``*_av`` correlations. With ``visemes`` (T,) and a
+    ``by_viseme`` dict, each 5-frame window's sync distance at offset 0 is appended to
+    ``by_viseme[viseme of its middle frame]`` (frames of unknown phoneme are skipped)."""
     s = gen.shape[1]
     m: dict[str, float] = {}
     gc = None
@@ -85,7 +89,13 @@ def clip_metrics(gen: np.ndarray, real: np.ndarray, real_lm: np.ndarray, real_cu
         m["width_corr"] = M.curve_correlation(gc["width"], real_curves["width"])
         m["open_corr_av"] = M.curve_correlation(gc["opening"], real_curves["opening"], av_offset)
         m["width_corr_av"] = M.curve_correlation(gc["width"], real_curves["width"], av_offset)
-    ls = M.lse(expert, lower(gen), mel)
+    offsets, table, mids = M.sync_distance_table(expert, lower(gen), mel)
+    ls = M.lse_from_table(offsets, table)
+    if visemes is not None and by_viseme is not None:
+        d0 = table[:, offsets == 0][:, 0]
+        for v, d in zip(visemes[mids], d0):
+            if v >= 0 and np.isfinite(d):
+                by_viseme.setdefault(VISEMES[v], []).append(float(d))
     m.update({"lse_d": ls["lse_d"], "lse_c": ls["lse_c"], "sync_dist_at_0": ls["dist_at_0"], "av_offset": ls["offset"]})
     sm = M.smoothness(gen, M.mouth_box(s), silent)
     m["jitter"] = sm["accel"]
@@ -143,6 +153,7 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
 
     per_clip: dict[str, dict[str, dict]] = {}
     calib: dict[str, list[float]] = {}
+    by_viseme: dict[str, dict[str, list[float]]] = {}  # system -> viseme -> window sync distances at offset 0
     curves = {}
     t0 = time.time()
     for k, c in enumerate(tqdm(clips, desc="evaluate", unit="clip", disable=not progress)):
@@ -157,10 +168,15 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
         still = np.repeat(ref[None], t, 0)
         silent = M.silence_mask(audio, t)
         mel = c.mel.float()
-        res = {"real": clip_metrics(real, real, real_lm, real_curves, ref, mel, silent, expert, with_truth=False)[0]}
+        ph = c.phonemes.numpy()
+        vis = np.where(ph >= 0, viseme_ids(np.maximum(ph, 0)), -1)
+        vk = {"visemes": vis}
+        res = {"real": clip_metrics(real, real, real_lm, real_curves, ref, mel, silent, expert, with_truth=False,
+                                    by_viseme=by_viseme.setdefault("real", {}), **vk)[0]}
         av = real_av_offset(res["real"])
         res["real"]["av_offset_used"] = float(av)
-        res["still"] = clip_metrics(still, real, real_lm, real_curves, ref, mel, silent, expert, av_offset=av)[0]
+        res["still"] = clip_metrics(still, real, real_lm, real_curves, ref, mel, silent, expert, av_offset=av,
+                                    by_viseme=by_viseme.setdefault("still", {}), **vk)[0]
         res["real"]["loudness_open_corr"] = M.curve_correlation(loud_db, real_curves["opening"])
         res["real"]["loudness_open_corr_av"] = M.curve_correlation(loud_db, real_curves["opening"], av)
         other = clips[(k + 1) % len(clips)] if len(clips) > 1 else c
@@ -169,10 +185,12 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
 
             offsets = loudness_activation(loud_db)[:, None, None] * open_dir[None]
             loud = render_motion(loud_renderer, ref, c.points[ri].numpy(), offsets)
-            res[LOUDNESS] = clip_metrics(loud, real, real_lm, real_curves, ref, mel, silent, expert, av_offset=av)[0]
+            res[LOUDNESS] = clip_metrics(loud, real, real_lm, real_curves, ref, mel, silent, expert, av_offset=av,
+                                         by_viseme=by_viseme.setdefault(LOUDNESS, {}), **vk)[0]
         for name, g in gens.items():
             gen = np.stack([x for x, _ in generate_crops(g, ref, c.points[ri].numpy(), mel)])
-            res[name], gen_curves = clip_metrics(gen, real, real_lm, real_curves, ref, mel, silent, expert, av_offset=av)
+            res[name], gen_curves = clip_metrics(gen, real, real_lm, real_curves, ref, mel, silent, expert, av_offset=av,
+                                                 by_viseme=by_viseme.setdefault(name, {}), **vk)
             # cross-audio: the same face driven by another clip's audio (another speaker where possible)
             omel = other.mel.float()
             xgen = np.stack([x for x, _ in generate_crops(g, ref, c.points[ri].numpy(), omel)])
@@ -211,9 +229,12 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
     cal = {k: float(np.mean(v)) for k, v in calib.items()}
     result = {"corpus": str(corpus), "split": split, "clips": [c.clip for c in clips], "sync_model": str(sync_model),
               "sync_model_meta": meta, "checkpoints": checkpoints, "summary": summary, "by_group": by_group, "calibration": cal,
-              "per_clip": per_clip, "seconds": round(time.time() - t0, 1)}
+              "per_clip": per_clip, "seconds": round(time.time() - t0, 1),
+              "sync_by_viseme": {sys_: {v: {"mean": float(np.mean(d)), "n": len(d)} for v, d in vs.items()}
+                                 for sys_, vs in by_viseme.items()}}
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
     _plots(out_dir, summary, curves)
+    _viseme_plot(out_dir / "sync_by_viseme.png", result["sync_by_viseme"])
     (out_dir / "report.md").write_text(_report(result))
     return result
 
@@ -263,6 +284,29 @@ def _plots(out_dir: Path, summary: dict, curves: dict) -> None:
         plt.close(fig)
 
 
+def _viseme_plot(path: Path, sbv: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vis = [v for v in VISEMES if any(v in d for d in sbv.values())]
+    if not vis:
+        return
+    fig, ax = plt.subplots(figsize=(12, 4))
+    width = 0.8 / max(1, len(sbv))
+    for i, (name, d) in enumerate(sbv.items()):
+        ax.bar(np.arange(len(vis)) + i * width, [d.get(v, {}).get("mean", np.nan) for v in vis], width, label=name)
+    ax.set_xticks(np.arange(len(vis)) + 0.4 - width / 2, [f"{v}\n({sbv.get('real', {}).get(v, {}).get('n', 0)})" for v in vis],
+                  fontsize=7)
+    ax.set_ylabel("sync distance at offset 0 (lower = in sync)")
+    ax.set_title("Lip sync by viseme of the window's middle frame (evaluation expert)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def _report(r: dict) -> str:
     s = r["summary"]
     cols = ["psnr", "ssim", "psnr_mouth", "ssim_mouth", "lmd_px", "lmd_norm", "open_corr", "width_corr", "lse_d",
@@ -287,6 +331,15 @@ def _report(r: dict) -> str:
         lines.append(f"\nLoudness vs real mouth opening, correlation: {g['real'].get('loudness_open_corr', float('nan')):.3f} "
                      f"(AV-corrected: {g['real'].get('loudness_open_corr_av', float('nan')):.3f}; real clips' own "
                      f"audio-visual offset used, mean {g['real'].get('av_offset_used', 0.0):+.2f} frames)")
+    sbv = r.get("sync_by_viseme", {})
+    vis = [v for v in VISEMES if v in sbv.get("real", {})]
+    if vis:
+        lines += ["", "### Lip sync by viseme (sync distance at offset 0 of 5-frame windows, by the viseme of the middle "
+                  "frame; lower = in sync; n = windows)", "",
+                  "| system | " + " | ".join(f"{v} (n={sbv['real'][v]['n']})" for v in vis) + " |", "|---|" + "---|" * len(vis)]
+        for name, d in sbv.items():
+            lines.append(f"| {name} | " + " | ".join(f"{d[v]['mean']:.3f}" if v in d else "" for v in vis) + " |")
+        lines.append("\nPlot: `sync_by_viseme.png`.")
     lines += ["", "Loudness baseline: correlation of speech loudness (dB) with the real mouth opening: "
               f"{s['real'].get('loudness_open_corr', float('nan')):.3f} "
               f"(AV-corrected: {s['real'].get('loudness_open_corr_av', float('nan')):.3f}).", "",

@@ -310,7 +310,11 @@ def lse(expert, lower_frames: torch.Tensor, mel_windows: torch.Tensor, max_offse
     * ``dist_at_0`` -- D(0), the mean distance at the true alignment (lower is better).
     * ``n_windows`` -- number of video windows.
     """
-    offsets, table, _ = sync_distance_table(expert, lower_frames, mel_windows, max_offset, stride)
+    return lse_from_table(*sync_distance_table(expert, lower_frames, mel_windows, max_offset, stride)[:2])
+
+
+def lse_from_table(offsets: np.ndarray, table: np.ndarray) -> dict[str, float]:
+    """:func:`lse` from an already computed :func:`sync_distance_table` (offsets, table)."""
     keep = np.isfinite(table).any(0)  # offsets with at least one window inside the clip
     offsets, table = offsets[keep], table[:, keep]
     curve = np.nanmean(table, axis=0)  # (O,)
