@@ -105,6 +105,14 @@ def clip_metrics(gen: np.ndarray, real: np.ndarray, real_lm: np.ndarray, real_cu
     return m, gc
 
 
+def system_name(checkpoint: str | Path, taken) -> str:
+    """A checkpoint's name in reports: its file stem, or its run folder's name for the trainer's
+    generic file names (runs/ablations/no-gru/generator.pt -> no-gru); the full path if taken."""
+    p = Path(checkpoint)
+    name = p.parent.name if p.stem in ("generator", "checkpoint") and p.parent.name else p.stem
+    return name if name not in taken else str(checkpoint)
+
+
 def real_av_offset(real_lse: dict, max_offset: int = 3) -> int:
     """The offset of a real clip's video against its own audio, as the evaluation sync expert finds
     it, trusted only when small (a recording lag); larger "offsets" are the expert failing on that
@@ -135,7 +143,7 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
     gens = {}
     for c in checkpoints:
         g, _, gmeta = load_generator(c)
-        gens[Path(c).stem if Path(c).stem not in gens else c] = g
+        gens[system_name(c, gens)] = g
     out_dir = Path(out_dir)
     (out_dir / "sheets").mkdir(parents=True, exist_ok=True)
     clips = load_clips(corpus, rows, data_cfg)
