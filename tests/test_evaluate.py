@@ -18,12 +18,14 @@ from talkingface.config import (
     DataConfig,
     GeneratorConfig,
     IdentityEncoderConfig,
+    LipReaderConfig,
     SyncExpertConfig,
 )
 from talkingface.data.prepare import prepare
 from talkingface.evaluation.evaluate import evaluate, evaluate_stills
 from talkingface.media import read_audio, read_video
 from talkingface.models.generator import Generator
+from talkingface.models.lip_reader import LipReader
 from talkingface.models.sync_expert import SyncExpert
 from talkingface.training.checkpoint import export_model
 
@@ -47,18 +49,23 @@ def setup(tmp_path_factory):
     export_model(models / "gen.pt", "generator", Generator(gcfg), gcfg)
     scfg = SyncExpertConfig(width=8, dim=32, audio=AudioEncoderConfig(width=8))
     export_model(models / "sync.pt", "sync", SyncExpert(scfg), scfg)
+    lcfg = LipReaderConfig(width=8)
+    export_model(models / "reader.pt", "lipread", LipReader(lcfg), lcfg)
     return corpus, models
 
 
 def test_evaluate_writes_report(setup, tmp_path):
     corpus, models = setup
     out = tmp_path / "ev"
-    res = evaluate([str(models / "gen.pt")], corpus, "test", models / "sync.pt", out, progress=False)
+    res = evaluate([str(models / "gen.pt")], corpus, "test", models / "sync.pt", out, progress=False,
+                   lip_reader=models / "reader.pt")
     assert sorted(res["clips"]) == ["s1/bbaf2n", "u01/brbk7n"]
     s = res["summary"]
     assert {"real", "still", "gen", "gen (cross-audio)"} <= set(s)
-    for key in ("psnr", "ssim", "lmd_px", "open_corr", "lse_d", "lse_c", "jitter", "id_ssim"):
+    for key in ("psnr", "ssim", "lmd_px", "open_corr", "lse_d", "lse_c", "jitter", "id_ssim", "viseme_acc"):
         assert np.isfinite(s["gen"][key]), key
+    assert 0.0 <= s["real"]["viseme_acc"] <= 1.0  # the s1 clip has phoneme labels from its .align
+    assert res["sync_by_viseme"]["real"] and (out / "sync_by_viseme.png").is_file()
     assert s["still"]["jitter"] == 0.0  # a repeated frame does not move
     assert s["still"]["id_ssim"] == pytest.approx(1.0)
     assert set(res["by_group"]) == {"unseen speakers"}  # nothing is in train here, so no speaker was trained on

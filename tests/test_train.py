@@ -183,6 +183,30 @@ def test_sync_expert_then_generator_with_sync_critic(corpus, tmp_path):
     assert 0.0 <= float(by_step[(2, "val")]["sync_p_fake"]) <= 1.0
 
 
+def test_lip_reader_trains_and_reads(corpus, tmp_path):
+    """kind = "lipread": the viseme reader trains on the corpus's phoneme labels, validates on
+    whole clips and exports a checkpoint that predicts one viseme per frame."""
+    from talkingface.models.lip_reader import LipReader
+    from talkingface.config import LipReaderConfig
+    from talkingface.training.checkpoint import load_model
+    from talkingface.training.trainer import lip_reader_predictions, viseme_targets
+
+    cfg = load_config(TrainConfig, None, _overrides(
+        corpus, 'kind="lipread"', "lip_reader.width=8", "batch_size=4", "steps=3", "log_every=1", "val_every=3",
+        "ckpt_every=3"))
+    run = train(cfg, tmp_path / "lip", progress=False)
+    rows = _rows(run)
+    assert [int(r["step"]) for r in rows if r["split"] == "train"] == [1, 2, 3]
+    assert all(math.isfinite(float(r["loss"])) for r in rows if r["split"] == "train")
+    val = [r for r in rows if r["split"] == "val"]
+    assert len(val) == 1 and 0.0 <= float(val[0]["acc"]) <= 1.0 and float(val[0]["frames"]) > 0
+    reader, _, _ = load_model(Path(run) / "lip_reader.pt", "lipread", LipReader, LipReaderConfig)
+    pred = lip_reader_predictions(reader, torch.rand(9, 3, 64, 128) * 2 - 1)
+    assert pred.shape == (9,) and (pred[:2] == -1).all() and (pred[-2:] == -1).all()
+    assert ((pred[2:-2] >= 0) & (pred[2:-2] < 14)).all()
+    assert viseme_targets(torch.tensor([-1, 0, 5])).tolist()[0] == -1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["generator", "sync"])
 def test_ddp_two_ranks_stay_in_sync(corpus, tmp_path, kind):

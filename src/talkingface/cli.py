@@ -132,6 +132,9 @@ def cmd_serve(args) -> int:
                  args.concurrency, args.device)
 
 
+DEFAULT_LIP_READER = "checkpoints/lip_reader.pt"
+
+
 def cmd_evaluate(args) -> int:
     import time
     from pathlib import Path
@@ -139,7 +142,11 @@ def cmd_evaluate(args) -> int:
     from .evaluation.evaluate import evaluate
 
     out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-evaluate"
-    res = evaluate(args.checkpoint, args.corpus, args.split, args.sync_model, out, args.max_clips, progress=not args.quiet)
+    reader = args.lip_reader
+    if reader is None and Path(DEFAULT_LIP_READER).is_file():
+        reader = DEFAULT_LIP_READER
+    res = evaluate(args.checkpoint, args.corpus, args.split, args.sync_model, out, args.max_clips, progress=not args.quiet,
+                   lip_reader=reader or None)
     if args.portraits and args.speech:
         from .evaluation.evaluate import evaluate_stills
 
@@ -220,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--sync-model", default="checkpoints/sync_eval.pt",
                    help="evaluation sync expert, trained apart from the generator's critic (default: the one in the repo)")
+    p.add_argument("--lip-reader", help=f"viseme lip reader for the viseme_acc column (default: {DEFAULT_LIP_READER} "
+                   "when present; '' = none)")
     p.add_argument("--max-clips", type=int, default=0, help="evaluate at most this many clips (0 = all)")
     p.add_argument("--portraits", help="folder of photos for the stills test (with --speech)")
     p.add_argument("--speech", help="folder of speech clips for the stills test")

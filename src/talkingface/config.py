@@ -110,6 +110,16 @@ class SyncExpertConfig:
     audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
 
 
+@dataclass(frozen=True)
+class LipReaderConfig:
+    """The paper's lip-reading critic, as a viseme reader: 5 lower-face frames -> the viseme of the
+    middle frame (14 classes, ``phonemes.VISEMES``)."""
+
+    frames: int = 5
+    width: int = 32
+    n_classes: int = 14
+
+
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -210,7 +220,7 @@ class LossConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     name: str = "generator"
-    kind: str = "generator"  # "generator" or "sync" (the audio-visual sync expert)
+    kind: str = "generator"  # "generator", "sync" (the audio-visual sync expert) or "lipread" (viseme reader)
     corpus: str = "corpora/train"
     selection: str = ""  # a selection name under corpus/selections ('' = every train clip)
     val_split: str = "val"
@@ -231,5 +241,6 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     sync: SyncExpertConfig = field(default_factory=SyncExpertConfig)
+    lip_reader: LipReaderConfig = field(default_factory=LipReaderConfig)
     frame_d: FrameDiscriminatorConfig = field(default_factory=FrameDiscriminatorConfig)
     seq_d: SequenceDiscriminatorConfig = field(default_factory=SequenceDiscriminatorConfig)

@@ -66,12 +66,14 @@ def detect_landmarks(crops: np.ndarray) -> np.ndarray:
 def clip_metrics(gen: np.ndarray, real: np.ndarray, real_lm: np.ndarray, real_curves: dict, ref: np.ndarray,
                  mel: torch.Tensor, silent: np.ndarray, expert, with_truth: bool = True,
                  av_offset: int = 0, visemes: np.ndarray | None = None,
-                 by_viseme: dict | None = None) -> tuple[dict, dict | None]:
+                 by_viseme: dict | None = None, reader=None) -> tuple[dict, dict | None]:
     """Metrics of one generated clip, and the mouth curves of its detected landmarks (None without
     ground truth, where no landmarks are detected). ``av_offset``: the real clip's own audio-visual
     offset (see :func:`real_av_offset`), for the ``*_av`` correlations. With ``visemes`` (T,) and a
     ``by_viseme`` dict, each 5-frame window's sync distance at offset 0 is appended to
-    ``by_viseme[viseme of its middle frame]`` (frames of unknown phoneme are skipped)."""
+    ``by_viseme[viseme of its middle frame]`` (frames of unknown phoneme are skipped). With a
+    ``reader`` (viseme lip reader) and ``visemes``: ``viseme_acc``, how often it reads the viseme
+    the speech needs off the frames."""
     s = gen.shape[1]
     m: dict[str, float] = {}
     gc = None
@@ -91,6 +93,12 @@ def clip_metrics(gen: np.ndarray, real: np.ndarray, real_lm: np.ndarray, real_cu
         m["width_corr_av"] = M.curve_correlation(gc["width"], real_curves["width"], av_offset)
     offsets, table, mids = M.sync_distance_table(expert, lower(gen), mel)
     ls = M.lse_from_table(offsets, table)
+    if reader is not None and visemes is not None:
+        from ..training.trainer import lip_reader_predictions
+
+        pred = lip_reader_predictions(reader, lower(gen))
+        ok = (visemes >= 0) & (pred >= 0)
+        m["viseme_acc"] = float((pred[ok] == visemes[ok]).mean()) if ok.any() else float("nan")
     if visemes is not None and by_viseme is not None:
         d0 = table[:, offsets == 0][:, 0]
         for v, d in zip(visemes[mids], d0):
@@ -122,7 +130,7 @@ def real_av_offset(real_lse: dict, max_offset: int = 3) -> int:
 
 
 def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model: str | Path, out_dir: str | Path,
-             max_clips: int = 0, progress: bool = True) -> dict:
+             max_clips: int = 0, progress: bool = True, lip_reader: str | Path | None = None) -> dict:
     from tqdm import tqdm
 
     corpus = Path(corpus)
@@ -140,6 +148,12 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
     if max_clips:
         rows = rows[:max_clips]
     expert, _, meta = load_model(sync_model, "sync", SyncExpert, SyncExpertConfig)
+    reader = None
+    if lip_reader:
+        from ..config import LipReaderConfig
+        from ..models.lip_reader import LipReader
+
+        reader, _, _ = load_model(lip_reader, "lipread", LipReader, LipReaderConfig)
     gens = {}
     for c in checkpoints:
         g, _, gmeta = load_generator(c)
@@ -178,7 +192,7 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
         mel = c.mel.float()
         ph = c.phonemes.numpy()
         vis = np.where(ph >= 0, viseme_ids(np.maximum(ph, 0)), -1)
-        vk = {"visemes": vis}
+        vk = {"visemes": vis, "reader": reader}
         res = {"real": clip_metrics(real, real, real_lm, real_curves, ref, mel, silent, expert, with_truth=False,
                                     by_viseme=by_viseme.setdefault("real", {}), **vk)[0]}
         av = real_av_offset(res["real"])
@@ -318,7 +332,7 @@ def _viseme_plot(path: Path, sbv: dict) -> None:
 def _report(r: dict) -> str:
     s = r["summary"]
     cols = ["psnr", "ssim", "psnr_mouth", "ssim_mouth", "lmd_px", "lmd_norm", "open_corr", "width_corr", "lse_d",
-            "lse_c", "sync_dist_at_0", "av_offset", "jitter", "jitter_silent", "id_psnr", "id_ssim"]
+            "lse_c", "sync_dist_at_0", "av_offset", "viseme_acc", "jitter", "jitter_silent", "id_psnr", "id_ssim"]
     lines = [f"# Evaluation: {r['corpus']} split `{r['split']}` ({len(r['clips'])} clips)", "",
              f"Sync model (evaluation expert, not the training critic): `{r['sync_model']}`.", "",
              "## Calibration of the sync measure (real held-out clips)", "",
@@ -328,7 +342,8 @@ def _report(r: dict) -> str:
     lines += ["", "## Results", "", "| system | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for name, m in s.items():
         lines.append(f"| {name} | " + " | ".join(f"{m[c]:.3f}" if c in m and np.isfinite(m[c]) else "" for c in cols) + " |")
-    short = ["psnr_mouth", "ssim_mouth", "lmd_norm", "open_corr", "open_corr_av", "width_corr", "width_corr_av", "lse_d", "lse_c", "sync_dist_at_0", "jitter"]
+    short = ["psnr_mouth", "ssim_mouth", "lmd_norm", "open_corr", "open_corr_av", "width_corr", "width_corr_av",
+             "viseme_acc", "lse_d", "lse_c", "sync_dist_at_0", "jitter"]
     for grp, g in r["by_group"].items():
         lines += ["", f"### {grp}: {g['clips']} clips ({', '.join(g['speakers'])})", "",
                   "| system | " + " | ".join(short) + " |", "|---|" + "---|" * len(short)]
@@ -357,7 +372,8 @@ def _report(r: dict) -> str:
               "audio-visual offset as the evaluation expert measures it (|offset| <= 3 frames, else 0; CREMA-D's video leads "
               "its audio by ~2 frames), applied alike to every system and to loudness; LSE-D/LSE-C: SyncNet-style distance / confidence of "
               "our evaluation expert over offsets -15..15 (not comparable with published SyncNet numbers); sync_dist_at_0: "
-              "distance at zero offset; av_offset: best offset in frames; jitter: mean |second difference| of the mouth box "
+              "distance at zero offset; av_offset: best offset in frames; viseme_acc: how often the viseme lip reader "
+              "(trained apart from the generator) reads the viseme the speech needs off the frames; jitter: mean |second difference| of the mouth box "
               "(0-255), overall and within silent stretches; id_psnr/id_ssim: upper face vs the reference frame.",
               f"Took {r['seconds']} s."]
     return "\n".join(lines) + "\n"

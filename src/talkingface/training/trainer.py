@@ -28,6 +28,7 @@ from ..evaluation.metrics import auc, pearson
 from ..face import LIP_INNER_BOTTOM, LIP_INNER_TOP, LOWER_FACE, MOUTH_LEFT, MOUTH_RIGHT
 from ..models.frame_discriminator import FrameDiscriminator
 from ..models.generator import Generator
+from ..models.lip_reader import LipReader
 from ..models.sequence_discriminator import SequenceDiscriminator
 from ..models.sync_expert import SyncExpert
 from . import losses
@@ -228,6 +229,93 @@ class SyncTask:
         export_model(run.dir / "sync_expert.pt", "sync", _bare(self.model), self.cfg.sync, {"step": step, **meta})
 
 
+class LipReadTask:
+    """Trains the viseme reader (the paper's lip-reading critic) on 5-frame windows: cross-entropy
+    on the middle frame's viseme; frames of unknown phoneme are ignored."""
+
+    def __init__(self, cfg: TrainConfig, world: int):
+        self.cfg = cfg
+        self.world = world
+        from ..phonemes import VISEMES
+
+        if cfg.lip_reader.n_classes != len(VISEMES):
+            raise TalkingFaceError(f"lip_reader.n_classes must be {len(VISEMES)} (the visemes of phonemes.py)")
+        self.model = LipReader(cfg.lip_reader)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr_g, betas=(0.9, 0.999))
+
+    def modules(self) -> dict:
+        return {"lip_reader": _bare(self.model)}
+
+    def optimizers(self) -> dict:
+        return {"lip_reader": self.opt}
+
+    def step(self, batch: dict, step: int) -> dict:
+        self.model.train()
+        f = self.cfg.lip_reader.frames
+        target = viseme_targets(batch["phonemes"][:, f // 2])
+        logits = self.model(lower_half(batch["target"][:, :f]))
+        loss = torch.nn.functional.cross_entropy(logits, target, ignore_index=-1)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        _average_gradients(self.model, self.world)
+        self.opt.step()
+        known = target >= 0
+        acc = (logits.argmax(1)[known] == target[known]).float().mean().item() if known.any() else float("nan")
+        return {"loss": loss.item(), "acc": acc}
+
+    @torch.no_grad()
+    def validate(self, sampler: WindowSampler, run: Run, step: int) -> dict:
+        return evaluate_lip_reader(_bare(self.model), sampler.clips)
+
+    def samples(self, *_):
+        pass
+
+    def export(self, run: Run, step: int, meta: dict) -> None:
+        export_model(run.dir / "lip_reader.pt", "lipread", _bare(self.model), self.cfg.lip_reader, {"step": step, **meta})
+
+
+def viseme_targets(phonemes: torch.Tensor) -> torch.Tensor:
+    """Phoneme ids (-1 = unknown) -> viseme ids (-1 = unknown), same shape."""
+    from ..phonemes import viseme_ids
+
+    ph = phonemes.cpu().numpy()
+    return torch.from_numpy(np.where(ph >= 0, viseme_ids(np.maximum(ph, 0)), -1)).long()
+
+
+@torch.no_grad()
+def lip_reader_predictions(reader: LipReader, lower: torch.Tensor, batch_size: int = 128) -> np.ndarray:
+    """Viseme predicted for every frame of a clip that has a full window around it.
+    lower: (T, 3, H, W) lower halves in [-1, 1] -> (T,) viseme ids, -1 near the clip's ends."""
+    reader.eval()
+    f = reader.cfg.frames
+    t = len(lower)
+    out = np.full(t, -1, np.int64)
+    if t < f:
+        return out
+    idx = torch.arange(t - f + 1)[:, None] + torch.arange(f)[None]  # (W, F)
+    preds = torch.cat([reader(lower[idx[i: i + batch_size]]).argmax(1) for i in range(0, len(idx), batch_size)])
+    out[f // 2: f // 2 + len(preds)] = preds.numpy()
+    return out
+
+
+@torch.no_grad()
+def evaluate_lip_reader(reader: LipReader, clips, max_clips: int = 200) -> dict:
+    """Viseme accuracy on whole clips (frames with a known phoneme and a face), and the accuracy
+    averaged over classes (the corpus is dominated by a few visemes)."""
+    hits, labels = [], []
+    for c in clips[:max_clips]:
+        pred = lip_reader_predictions(reader, lower_half(c.crops.float() / 127.5 - 1))
+        truth = viseme_targets(c.phonemes).numpy()
+        ok = (truth >= 0) & (pred >= 0) & c.found.numpy()
+        hits.append(pred[ok] == truth[ok])
+        labels.append(truth[ok])
+    if not hits:
+        return {}
+    h, lab = np.concatenate(hits), np.concatenate(labels)
+    per_class = [h[lab == k].mean() for k in np.unique(lab)]
+    return {"acc": float(h.mean()), "balanced_acc": float(np.mean(per_class)), "frames": float(len(h))}
+
+
 @torch.no_grad()
 def evaluate_sync(expert: SyncExpert, clips, min_shift: int = 13, max_windows: int = 400) -> dict:
     """Separation of true audio from audio shifted by >= min_shift frames (13 = 0.52 s at 25 fps) on
@@ -403,21 +491,21 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
     rank, world = _ddp_setup()
     torch.set_num_threads(max(1, cfg.threads // world))
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    if cfg.kind not in ("sync", "generator"):
-        raise TalkingFaceError(f"train.kind must be 'sync' or 'generator', got {cfg.kind!r}")
+    if cfg.kind not in ("sync", "generator", "lipread"):
+        raise TalkingFaceError(f"train.kind must be 'sync', 'generator' or 'lipread', got {cfg.kind!r}")
     if cfg.kind == "generator" and cfg.window < 11 and cfg.loss.seq_adv > 0:
         raise TalkingFaceError("the sequence discriminator needs windows of >= 11 frames")
     run = Run(cfg, Path(run_dir) if run_dir else None, rank)
     data_cfg = config_from_json(DataConfig, Path(cfg.corpus) / "config.json")
     train_rows, val_rows = _load_rows(cfg)
-    window = cfg.window if cfg.kind == "generator" else cfg.sync.frames
+    window = {"generator": cfg.window, "sync": cfg.sync.frames, "lipread": cfg.lip_reader.frames}[cfg.kind]
     log.info("run %s: %d train clips, %d val clips, %s", run.dir, len(train_rows), len(val_rows), cfg.kind)
     train_clips = load_clips(cfg.corpus, train_rows, data_cfg, progress=progress and rank == 0)
     val_clips = load_clips(cfg.corpus, val_rows, data_cfg) if val_rows else []
     sampler = WindowSampler(train_clips, window, augment=cfg.augment)
     val_sampler = WindowSampler(val_clips, window, augment=False) if val_clips else None
 
-    task = SyncTask(cfg, world) if cfg.kind == "sync" else GeneratorTask(cfg, world)
+    task = {"sync": SyncTask, "generator": GeneratorTask, "lipread": LipReadTask}[cfg.kind](cfg, world)
     rng = np.random.default_rng([cfg.seed, rank])
     start = 0
     ck_path = run.dir / "checkpoint.pt"
