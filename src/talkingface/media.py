@@ -317,7 +317,7 @@ def write_video(
     audio: np.ndarray | None = None,
     sample_rate: int = 16000,
     crf: int = 20,
-    preset: str = "superfast",
+    preset: str = "veryfast",
     tune: str | None = None,
 ) -> int:
     """Encode RGB uint8 frames (H, W, 3) as H.264 + (optional) AAC mp4, atomically.
