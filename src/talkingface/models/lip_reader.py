@@ -13,8 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..config import LipReaderConfig
-from .blocks import ResBlock, conv_block
-from .sync_expert import SyncExpert
+from .sync_expert import SyncExpert, mouth_trunk
 
 
 class LipReader(nn.Module):
@@ -22,16 +21,7 @@ class LipReader(nn.Module):
         super().__init__()
         self.cfg = cfg
         w = cfg.width
-        self.net = nn.Sequential(  # the sync expert's video trunk: grey, normalised mouths
-            conv_block(cfg.frames, w, 2, k=5),  # (N, w, 32, 64)
-            conv_block(w, 2 * w, 1),
-            ResBlock(2 * w),
-            conv_block(2 * w, 4 * w, 2),  # (N, 4w, 16, 32)
-            ResBlock(4 * w),
-            conv_block(4 * w, 8 * w, 2),  # (N, 8w, 8, 16)
-            conv_block(8 * w, 8 * w, 2),  # (N, 8w, 4, 8)
-            nn.AdaptiveAvgPool2d(1),
-        )
+        self.net = mouth_trunk(cfg.frames, w)  # the sync expert's video trunk: grey, normalised mouths
         self.fc = nn.Sequential(nn.Dropout(0.2), nn.Linear(8 * w, cfg.n_classes))
 
     def forward(self, lower: torch.Tensor) -> torch.Tensor:

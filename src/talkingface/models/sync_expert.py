@@ -15,22 +15,28 @@ from .audio_encoder import AudioEncoder
 from .blocks import ResBlock, conv_block
 
 
+def mouth_trunk(frames: int, w: int) -> nn.Sequential:
+    """Conv trunk over F grey lower-face frames stacked as channels, (N, F, 64, 128) -> (N, 8w, 1, 1).
+    Grayscale mouths: lip shape is what matters, and colour would let a model key on identity.
+    Shared by the sync expert and the lip reader."""
+    return nn.Sequential(
+        conv_block(frames, w, 2, k=5),  # (N, w, 32, 64): lip shapes survive 2x downsampling
+        conv_block(w, 2 * w, 1),  # (N, 2w, 32, 64)
+        ResBlock(2 * w),
+        conv_block(2 * w, 4 * w, 2),  # (N, 4w, 16, 32)
+        ResBlock(4 * w),
+        conv_block(4 * w, 8 * w, 2),  # (N, 8w, 8, 16)
+        conv_block(8 * w, 8 * w, 2),  # (N, 8w, 4, 8)
+        nn.AdaptiveAvgPool2d(1),
+    )
+
+
 class SyncExpert(nn.Module):
     def __init__(self, cfg: SyncExpertConfig = SyncExpertConfig()):
         super().__init__()
         self.cfg = cfg
         w = cfg.width
-        # Grayscale mouths: sync is about shape, and colour would let it key on identity.
-        self.video = nn.Sequential(
-            conv_block(cfg.frames, w, 2, k=5),  # (N, w, 32, 64): lip shapes survive 2x downsampling
-            conv_block(w, 2 * w, 1),  # (N, 2w, 32, 64)
-            ResBlock(2 * w),
-            conv_block(2 * w, 4 * w, 2),  # (N, 4w, 16, 32)
-            ResBlock(4 * w),
-            conv_block(4 * w, 8 * w, 2),  # (N, 8w, 8, 16)
-            conv_block(8 * w, 8 * w, 2),  # (N, 8w, 4, 8)
-            nn.AdaptiveAvgPool2d(1),
-        )
+        self.video = mouth_trunk(cfg.frames, w)
         self.video_fc = nn.Linear(8 * w, cfg.dim)
         self.audio = AudioEncoder(AudioEncoderConfig(cfg.audio.n_mels, cfg.dim, cfg.audio.width))
         self.logit_scale = nn.Parameter(torch.tensor(10.0))
