@@ -40,6 +40,7 @@ def test_viseme_mapping_covers_every_phoneme():
     assert all(VISEMES[v[PHONEME_TO_ID[p]]] == PHONEME_TO_VISEME[p] for p in PHONEMES)
     # lips-closed sounds share a viseme
     assert len({PHONEME_TO_VISEME[p] for p in "P B M".split()}) == 1
+    assert viseme_ids(np.array([-1, 0])).tolist() == [-1, 0]  # unknown stays unknown, not the last viseme
 
 
 @pytest.mark.parametrize("word,expected", [

@@ -74,8 +74,9 @@ _PHONEME_ID_TO_VISEME_ID = np.array(
 
 
 def viseme_ids(phoneme_ids: np.ndarray) -> np.ndarray:
-    """Map an array of phoneme ids to viseme ids (index into VISEMES)."""
-    return _PHONEME_ID_TO_VISEME_ID[np.asarray(phoneme_ids, dtype=np.int64)]
+    """Map an array of phoneme ids to viseme ids (index into VISEMES); -1 (unknown) stays -1."""
+    ids = np.asarray(phoneme_ids, dtype=np.int64)
+    return np.where(ids >= 0, _PHONEME_ID_TO_VISEME_ID[np.maximum(ids, 0)], -1)
 
 
 def phoneme_weight(p: str) -> float:

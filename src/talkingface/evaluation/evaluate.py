@@ -39,6 +39,7 @@ from ..phonemes import VISEMES, viseme_ids
 from ..models.sync_expert import SyncExpert
 from ..training.checkpoint import load_model
 from . import metrics as M
+from .baselines import corpus_open_direction, loudness_activation, render_motion
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +166,6 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
     loud_renderer, open_dir = None, None
     train_rows = [r for r in all_rows if r["split"] == "train"]
     if gens and train_rows:
-        from .baselines import corpus_open_direction
-
         loud_renderer = next(iter(gens.values()))
         open_dir = corpus_open_direction(corpus, train_rows, data_cfg.face.crop_size)
     elif gens:
@@ -190,9 +189,7 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
         still = np.repeat(ref[None], t, 0)
         silent = M.silence_mask(audio, t)
         mel = c.mel.float()
-        ph = c.phonemes.numpy()
-        vis = np.where(ph >= 0, viseme_ids(np.maximum(ph, 0)), -1)
-        vk = {"visemes": vis, "reader": reader}
+        vk = {"visemes": viseme_ids(c.phonemes.numpy()), "reader": reader}
         res = {"real": clip_metrics(real, real, real_lm, real_curves, ref, mel, silent, expert, with_truth=False,
                                     by_viseme=by_viseme.setdefault("real", {}), **vk)[0]}
         av = real_av_offset(res["real"])
@@ -203,8 +200,6 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
         res["real"]["loudness_open_corr_av"] = M.curve_correlation(loud_db, real_curves["opening"], av)
         other = clips[(k + 1) % len(clips)] if len(clips) > 1 else c
         if loud_renderer is not None:
-            from .baselines import loudness_activation, render_motion
-
             offsets = loudness_activation(loud_db)[:, None, None] * open_dir[None]
             loud = render_motion(loud_renderer, ref, c.points[ri].numpy(), offsets)
             res[LOUDNESS] = clip_metrics(loud, real, real_lm, real_curves, ref, mel, silent, expert, av_offset=av,

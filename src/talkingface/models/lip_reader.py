@@ -1,7 +1,7 @@
 """The paper's lip-reading critic, built as a viseme reader: 5 frames of a lower face -> which of
 14 visemes (``phonemes.VISEMES``) the middle frame shows. Trained on the corpus's per-frame phoneme
-labels; compared with the SyncNet-style expert as a judge of generated mouths
-(``scripts/compare_critics.py``).
+labels; compared with the SyncNet-style expert as a judge of generated mouths (the ``viseme_acc``
+column of ``talkingface evaluate --lip-reader``).
 
 Unlike the sync expert it never hears the audio: it checks that the mouth shape is the one the
 phoneme needs, which a loudness-driven mouth cannot fake.

@@ -278,8 +278,7 @@ def viseme_targets(phonemes: torch.Tensor) -> torch.Tensor:
     """Phoneme ids (-1 = unknown) -> viseme ids (-1 = unknown), same shape."""
     from ..phonemes import viseme_ids
 
-    ph = phonemes.cpu().numpy()
-    return torch.from_numpy(np.where(ph >= 0, viseme_ids(np.maximum(ph, 0)), -1)).long()
+    return torch.from_numpy(viseme_ids(phonemes.cpu().numpy())).long()
 
 
 @torch.no_grad()
