@@ -2,7 +2,7 @@
 # Trains every ablation row of the evaluation issue on the same budget (configs/ablations/base.toml),
 # one after another (never two trainings at once on 2 cores), resuming any run that was cut off,
 # then evaluates them all in one report:
-#   bash scripts/run_ablations.sh [OUT_DIR]        # ~2.5 h on 2 cores; safe to re-run after a kill
+#   bash scripts/run_ablations.sh [OUT_DIR]        # ~3 h on 2 cores; safe to re-run after a kill
 # Needs the prepared corpus, both selections and the training critic (see README "From videos to a model").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,4 +33,7 @@ for name in "${order[@]}"; do
   fi
   ckpts+=(--checkpoint "$run/generator.pt")
 done
-talkingface evaluate "${ckpts[@]}" --corpus corpora/train --split test -o "$out" -q
+# 20 test clips = all 8 of the unseen speakers + 12 unseen s1 sentences (evaluate takes held-out
+# speakers first), to keep 8 checkpoints to ~15 min; the stills test is the cross-corpus protocol.
+talkingface evaluate "${ckpts[@]}" --corpus corpora/train --split test --max-clips 20 \
+    --portraits ../shared/data/portraits --speech ../shared/data/speech -o "$out" -q

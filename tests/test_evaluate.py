@@ -22,7 +22,7 @@ from talkingface.config import (
     SyncExpertConfig,
 )
 from talkingface.data.prepare import prepare
-from talkingface.evaluation.evaluate import evaluate, evaluate_stills
+from talkingface.evaluation.evaluate import evaluate, evaluate_stills, stills_report
 from talkingface.media import read_audio, read_video
 from talkingface.models.generator import Generator
 from talkingface.models.lip_reader import LipReader
@@ -85,10 +85,19 @@ def test_stills_and_cli_errors(setup, tmp_path):
     frame = read_video(DATA / "grid/s1/bbaf2n.mp4", sample_rate=None)[0][0]
     cv2.imwrite(str(photos / "face.png"), frame[..., ::-1])
     sf.write(speech / "s.wav", read_audio(DATA / "grid/u01/brbk7n.mp4")[:16000], 16000)
-    res = evaluate_stills([str(models / "gen.pt")], photos, speech, models / "sync.pt", tmp_path / "ev")
-    (key, m), = res.items()
-    assert key == "gen: face + s" and np.isfinite(m["lse_d"]) and np.isfinite(m["jitter"])
-    assert (tmp_path / "ev" / "stills" / "gen_face.jpg").is_file()
+    # Two runs' checkpoints share the trainer's file name: each is named by its run folder, as in evaluate.
+    for run in ("run-a", "run-b"):
+        (tmp_path / run).mkdir()
+        shutil.copy(models / "gen.pt", tmp_path / run / "generator.pt")
+    res = evaluate_stills([str(models / "gen.pt"), str(tmp_path / "run-a/generator.pt"), str(tmp_path / "run-b/generator.pt")],
+                          photos, speech, models / "sync.pt", tmp_path / "ev")
+    assert list(res) == ["gen: face + s", "run-a: face + s", "run-b: face + s"]
+    m = res["gen: face + s"]
+    assert m["system"] == "gen" and np.isfinite(m["lse_d"]) and np.isfinite(m["jitter"])
+    for name in ("gen", "run-a", "run-b"):
+        assert (tmp_path / "ev" / "stills" / f"{name}_face.jpg").is_file()
+    report = stills_report(res)
+    assert "| run-b | " in report and f"{m['lse_d']:.3f}" in report
     r = subprocess.run([sys.executable, "-m", "talkingface.cli", "evaluate", "--corpus", str(corpus),
                         "--sync-model", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x")],
                        capture_output=True, text=True)
@@ -129,3 +138,24 @@ def test_loudness_baseline_parts():
     assert still.shape == moved.shape == (3, 128, 128, 3) and still.dtype == np.uint8
     assert np.array_equal(still[:, :60], moved[:, :60])  # the upper face is the photo's
     assert np.abs(still[:, 64:].astype(int) - moved[:, 64:]).mean() > 0.1  # the offsets move the lower face
+
+
+def test_other_clip_prefers_another_speaker_of_another_collection():
+    from talkingface.evaluation.evaluate import collection_of, other_clip_index
+
+    rows = [{"speaker": "s1", "source": "../shared/train/grid/s1/a.mpg"},
+            {"speaker": "s1", "source": "../shared/train/grid/s1/b.mpg"},
+            {"speaker": "u02", "source": "../shared/train/grid/u02/c.mpg"},
+            {"speaker": "1001", "source": "../shared/train/crema-d/1001/d.mp4"},
+            {"speaker": "1001", "source": "../shared/train/crema-d/1001/e.mp4"}]
+    spk = [r["speaker"] for r in rows]
+    col = [collection_of(r) for r in rows]
+    assert col == ["grid", "grid", "grid", "crema-d", "crema-d"]
+    other = [other_clip_index(k, spk, col) for k in range(len(rows))]
+    for k, j in enumerate(other):
+        assert spk[j] != spk[k] and col[j] != col[k]
+    assert len({other[0], other[1], other[2]}) == 2  # GRID faces take the CREMA-D clips in turn
+    # One collection only: another speaker; one speaker only: another clip.
+    assert spk[other_clip_index(0, spk[:3], col[:3])] == "u02"
+    assert other_clip_index(0, ["a", "a"], ["x", "x"]) == 1
+    assert other_clip_index(0, ["a"], ["x"]) == 0

@@ -148,16 +148,11 @@ def cmd_evaluate(args) -> int:
     res = evaluate(args.checkpoint, args.corpus, args.split, args.sync_model, out, args.max_clips, progress=not args.quiet,
                    lip_reader=reader or None)
     if args.portraits and args.speech:
-        from .evaluation.evaluate import evaluate_stills
+        from .evaluation.evaluate import evaluate_stills, stills_report
 
         stills = evaluate_stills(args.checkpoint, args.portraits, args.speech, args.sync_model, out)
         with open(out / "report.md", "a") as f:
-            f.write("\n## Stills: portraits driven by speech (full generate pipeline)\n\n"
-                    "| pair | LSE-D | LSE-C | sync dist at 0 | same, still face | jitter | mouth opening range |\n|---|---|---|---|---|---|---|\n")
-            for k, m in stills.items():
-                f.write(f"| {k} | {m['lse_d']:.3f} | {m['lse_c']:.3f} | {m['sync_dist_at_0']:.3f} | {m['still_sync_dist_at_0']:.3f} "
-                        f"| {m['jitter']:.3f} | {m['mouth_open_range']:.3f} |\n")
-            f.write("\nContact sheets: `stills/`.\n")
+            f.write(stills_report(stills))
     print((out / "report.md").read_text())
     print(f"report: {out / 'report.md'} ({len(res['clips'])} clips, {res['seconds']} s)")
     return 0

@@ -6,7 +6,8 @@ Protocols
   with a face: GRID clips start with a closed mouth) and its own audio; generated crops are compared
   with the real ones (PSNR/SSIM on the crop and the mouth box, LMD and mouth opening/width
   correlation from landmarks detected on the generated crops, LSE-D/LSE-C, smoothness, identity).
-- cross-audio: each clip's first frame driven by the audio of a clip of ANOTHER speaker; only the
+- cross-audio: each clip's first frame driven by the audio of a clip of ANOTHER speaker from another
+  collection (GRID face, CREMA-D voice and the reverse: ``other_clip_index``); only the
   measures that need no ground truth apply (LSE, smoothness, identity).
 - calibration: the evaluation sync model must rank real clips with their own audio above the same
   clips with audio shifted by 0.5 s and 1 s, a still face, and another clip's audio.
@@ -130,6 +131,28 @@ def real_av_offset(real_lse: dict, max_offset: int = 3) -> int:
     return o if abs(o) <= max_offset else 0
 
 
+def collection_of(row: dict) -> str:
+    """The recording collection a corpus clip came from (the folder above its speaker folder, e.g.
+    "grid" or "crema-d"): clips of one collection share a sentence grammar and recording set-up."""
+    parts = Path(row.get("source", "")).parts
+    return parts[-3] if len(parts) >= 3 else ""
+
+
+def other_clip_index(k: int, speakers: list[str], collections: list[str]) -> int:
+    """The clip whose audio drives clip k in the cross-audio protocol and the "another clip's audio"
+    calibration row: another speaker from another collection where there is one (two GRID clips
+    share one six-word grammar, so their audio lines up by chance and is no real mismatch), else
+    another speaker, else the next clip. Candidates are taken in turn so one clip does not drive all."""
+    n = len(speakers)
+    for ok in (lambda j: speakers[j] != speakers[k] and collections[j] != collections[k],
+               lambda j: speakers[j] != speakers[k],
+               lambda j: j != k):
+        cand = [j for j in range(n) if ok(j)]
+        if cand:
+            return cand[k % len(cand)]
+    return k
+
+
 def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model: str | Path, out_dir: str | Path,
              max_clips: int = 0, progress: bool = True, lip_reader: str | Path | None = None) -> dict:
     from tqdm import tqdm
@@ -162,6 +185,8 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
     out_dir = Path(out_dir)
     (out_dir / "sheets").mkdir(parents=True, exist_ok=True)
     clips = load_clips(corpus, rows, data_cfg)
+    other_of = [other_clip_index(k, [r["speaker"] for r in rows], [collection_of(r) for r in rows])
+                for k in range(len(rows))]
     # The loudness-driven mouth, rendered by the first checkpoint's renderer (see baselines.py).
     loud_renderer, open_dir = None, None
     train_rows = [r for r in all_rows if r["split"] == "train"]
@@ -198,7 +223,7 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
                                     by_viseme=by_viseme.setdefault("still", {}), **vk)[0]
         res["real"]["loudness_open_corr"] = M.curve_correlation(loud_db, real_curves["opening"])
         res["real"]["loudness_open_corr_av"] = M.curve_correlation(loud_db, real_curves["opening"], av)
-        other = clips[(k + 1) % len(clips)] if len(clips) > 1 else c
+        other = clips[other_of[k]]
         if loud_renderer is not None:
             offsets = loudness_activation(loud_db)[:, None, None] * open_dir[None]
             loud = render_motion(loud_renderer, ref, c.points[ri].numpy(), offsets)
@@ -395,9 +420,12 @@ def evaluate_stills(checkpoints: list[str], portraits: str | Path, speech: str |
     if not photos or not clips:
         raise TalkingFaceError(f"need photos in {portraits} and speech files in {speech}")
     results: dict[str, dict] = {}
+    names: dict[str, str] = {}
     for ck in checkpoints:
         model = api.load_model(ck)
-        name = Path(ck).stem
+        name = system_name(ck, names)  # the same names as evaluate's tables
+        names[name] = ck
+        fname = name.replace("/", "_")
         for i, photo in enumerate(photos):
             sp = clips[i % len(clips)]
             p = api.prepare_inputs(photo, sp, model.config.crop_size)
@@ -408,17 +436,17 @@ def evaluate_stills(checkpoints: list[str], portraits: str | Path, speech: str |
             still = M.lse(expert, lower(np.repeat(crops[:1], len(crops), 0)), mel)
             sm = M.smoothness(crops, M.mouth_box(crops.shape[1]))
             key = f"{name}: {photo.stem} + {sp.stem}"
-            results[key] = {"lse_d": ls["lse_d"], "lse_c": ls["lse_c"], "sync_dist_at_0": ls["dist_at_0"],
+            results[key] = {"system": name, "lse_d": ls["lse_d"], "lse_c": ls["lse_c"], "sync_dist_at_0": ls["dist_at_0"],
                             "still_sync_dist_at_0": still["dist_at_0"], "jitter": sm["accel"],
                             "mouth_open_range": float(np.ptp(M.mouth_curves(detect_landmarks(crops))["opening"]))}
             idx = np.linspace(0, len(frames) - 1, 10).round().astype(int)
             w = 360
             small = [cv2.resize(frames[j], (w, int(frames[j].shape[0] * w / frames[j].shape[1])), interpolation=cv2.INTER_AREA) for j in idx]
-            save_image(out_dir / "stills" / f"{name}_{photo.stem}.jpg", image_grid(small, cols=5))
+            save_image(out_dir / "stills" / f"{fname}_{photo.stem}.jpg", image_grid(small, cols=5))
             # the lower face at full photo resolution, where the detail is judged
             x0, y0, x1, y1 = _face_box(p.src_matrix, model.config.crop_size, frames[0].shape)
             zoom = [cv2.resize(frames[j][y0:y1, x0:x1], (256, int(256 * (y1 - y0) / max(1, x1 - x0)))) for j in idx]
-            save_image(out_dir / "stills" / f"{name}_{photo.stem}_mouth.jpg", image_grid(zoom, cols=5))
+            save_image(out_dir / "stills" / f"{fname}_{photo.stem}_mouth.jpg", image_grid(zoom, cols=5))
     (out_dir / "stills.json").write_text(json.dumps(results, indent=1) + "\n")
     return results
 
@@ -431,3 +459,18 @@ def _face_box(m: np.ndarray, s: int, shape) -> tuple[int, int, int, int]:
     x0, y0 = np.maximum(0, pts.min(0).astype(int))
     x1, y1 = pts.max(0).astype(int)
     return int(x0), int(y0), int(min(shape[1], x1)), int(min(shape[0], y1))
+
+
+def stills_report(stills: dict) -> str:
+    """The stills test as report.md sections: per system means, then every portrait/speech pair."""
+    keys = ["lse_d", "lse_c", "sync_dist_at_0", "still_sync_dist_at_0", "jitter", "mouth_open_range"]
+    head = "| LSE-D | LSE-C | sync dist at 0 | same, still face | jitter | mouth opening range |\n|---|---|---|---|---|---|---|\n"
+    systems = list(dict.fromkeys(m["system"] for m in stills.values()))
+    out = "\n## Stills: portraits driven by speech (full generate pipeline)\n\nMeans per system:\n\n| system " + head
+    for s_ in systems:
+        rows = [m for m in stills.values() if m["system"] == s_]
+        out += f"| {s_} | " + " | ".join(f"{np.mean([m[k] for m in rows]):.3f}" for k in keys) + " |\n"
+    out += "\nEvery pair:\n\n| pair " + head
+    for k, m in stills.items():
+        out += f"| {k} | " + " | ".join(f"{m[c]:.3f}" for c in keys) + " |\n"
+    return out + "\nContact sheets: `stills/`.\n"
