@@ -37,3 +37,4 @@ done
 # speakers first), to keep 8 checkpoints to ~15 min; the stills test is the cross-corpus protocol.
 talkingface evaluate "${ckpts[@]}" --corpus corpora/train --split test --max-clips 20 \
     --portraits ../shared/data/portraits --speech ../shared/data/speech -o "$out" -q
+python scripts/ablation_claims.py "$out" > /dev/null   # -> $out/claims.md
