@@ -408,3 +408,18 @@ def test_video_tracking_on_every_other_frame_matches_every_frame(assets, tmp_pat
         p1 = corners @ np.linalg.inv(np.vstack([m1, [0, 0, 1]])).T
         p2 = corners @ np.linalg.inv(np.vstack([m2, [0, 0, 1]])).T
         assert np.abs(p1 - p2).max() < 1.5, k
+
+
+def test_crf_and_preset_reach_the_encoder(assets, model, tmp_path):
+    """--crf trades size for quality; a named x264 preset replaces the fast default; both decode."""
+    sizes = {}
+    for name, kw in {"default": {}, "crf35": {"crf": 35}, "veryfast": {"preset": "veryfast"}}.items():
+        out = api.generate(assets["face"], assets["speech"], tmp_path / f"{name}.mp4", model=model, progress=False, **kw)
+        frames, fps, codecs, _ = decode(out)
+        assert len(frames) == 25 and fps == 25 and codecs == ["aac"]
+        sizes[name] = out.stat().st_size
+    assert sizes["crf35"] < sizes["default"]
+    assert sizes["veryfast"] != sizes["default"]
+    r = subprocess.run([sys.executable, "-m", "talkingface.cli", "generate", "--face", str(assets["face"]), "--audio",
+                        str(assets["speech"]), "-o", str(tmp_path / "x.mp4"), "--crf", "60"], capture_output=True, text=True)
+    assert r.returncode == 2 and "0..51" in r.stderr and not (tmp_path / "x.mp4").exists()

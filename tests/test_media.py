@@ -675,3 +675,34 @@ def test_patched_frames_encode_like_plain_frames(tmp_path):
     fa, fb = media.read_video(a)[0], media.read_video(b)[0]
     assert len(fa) == len(fb) == 6
     assert np.array_equal(fa, fb)
+
+
+def test_patched_frames_with_moving_boxes_and_new_bases(tmp_path):
+    """The reused encoder frame never leaks an older frame: boxes that move (the last box is restored
+    to the base), a plain frame in between, and a new base all decode like plain frames."""
+    from talkingface.media import PatchedFrame
+
+    rng = np.random.default_rng(1)
+    bases = [rng.integers(0, 255, (64, 96, 3), dtype=np.uint8) for _ in range(2)]
+    boxes = [(10, 8, 40, 30), (10, 8, 40, 30), (50, 30, 91, 61), (3, 3, 20, 17), (3, 3, 20, 17)]
+    seq = []
+    for k in range(14):
+        base = bases[0] if k < 9 else bases[1]
+        if k == 6:
+            seq.append((rng.integers(0, 255, (64, 96, 3), dtype=np.uint8), None, None))  # a plain frame
+            continue
+        x0, y0, x1, y1 = boxes[k % len(boxes)]
+        f = base.copy()
+        f[y0:y1, x0:x1] = rng.integers(0, 255, (y1 - y0, x1 - x0, 3), dtype=np.uint8)
+        seq.append((f, base, (x0, y0, x1, y1)))
+    plain = [np.array(f) for f, _, _ in seq]
+    patched = [f if b is None else PatchedFrame.of(f, b, box) for f, b, box in seq]
+    a, b = tmp_path / "plain.mp4", tmp_path / "patched.mp4"
+    media.write_video(a, plain, crf=0, preset="ultrafast")
+    media.write_video(b, patched, crf=0, preset="ultrafast")
+    fa, fb = media.read_video(a)[0], media.read_video(b)[0]
+    assert len(fa) == len(fb) == 14
+    for k in range(14):
+        assert np.array_equal(fa[k], fb[k]), k
+        err = [np.abs(fa[k].astype(int) - plain[j]).mean() for j in range(14)]
+        assert int(np.argmin(err)) == k  # and each is its own frame, not a neighbour (4:2:0 blurs random colours)

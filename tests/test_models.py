@@ -168,6 +168,34 @@ def test_paint_generator_outputs_only_the_painted_residual():
     torch.testing.assert_close(out["lower"][:, :, :, fr:], out["residual"][:, :, :, fr:])
 
 
+def test_cat_conv_equals_the_concatenated_convolution():
+    """Shared (per-clip) parts convolved once and broadcast over time == copying them T times."""
+    from talkingface.models.blocks import ResBlock, conv_block
+    from talkingface.models.generator import cat_conv
+
+    b, t = 2, 3
+    block = torch.nn.Sequential(conv_block(5 + 4 + 2, 6), ResBlock(6)).train()
+    x, shared, f = torch.randn(b * t, 5, 8, 16), torch.randn(b, 4, 8, 16), torch.randn(b * t, 2, 8, 16)
+    rep = shared[:, None].expand(b, t, 4, 8, 16).reshape(b * t, 4, 8, 16)
+    want = block(torch.cat([x, rep, f], 1))
+    got = cat_conv(block, [x, shared, f], [False, True, False], b, t)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    out_block = torch.nn.Sequential(torch.nn.Conv2d(11, 3, 3, 1, 1))  # a bare conv with a bias
+    torch.testing.assert_close(cat_conv(out_block, [x, shared, f], [False, True, False], b, t),
+                               out_block(torch.cat([x, rep, f], 1)), atol=1e-5, rtol=1e-5)
+
+
+def test_generator_without_crops_gives_the_same_maps():
+    g = Generator(TINY_G).eval()
+    ref, pts = _ref(2)
+    mel = _mel(2, 4)
+    with torch.no_grad():
+        full, maps = g(mel, ref, pts), g(mel, ref, pts, crops=False)
+    assert "frames" not in maps and "lower" not in maps
+    for k in ("flow", "mask", "residual", "points", "state"):
+        torch.testing.assert_close(maps[k], full[k])
+
+
 def test_gradients_reach_audio_identity_and_gru():
     g = Generator(TINY_G)
     g.train()

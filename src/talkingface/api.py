@@ -216,7 +216,7 @@ def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, a
         for start in range(0, p.n_frames, chunk):
             t = min(chunk, p.n_frames - start)
             mel = frame_windows(p.mel, t, fps, audio_cfg, first=start)[None].to(model.device)  # (1, t, n_mels, steps)
-            out = g(mel, enc, state=state)
+            out = g(mel, enc, state=state, crops=False)
             state = out["state"]
             flow, mask, res = (out[k][0].cpu().numpy() for k in ("flow", "mask", "residual"))
             for i in range(t):
@@ -287,11 +287,12 @@ def _counted(frames: Iterator[np.ndarray], total: int, on_progress: Callable[[in
 
 def generate(face: str | Path, audio: str | Path, out: str | Path | None = None, model: Model | None = None,
              fps: float = 25.0, face_index: int = 0, chunk: int = 50, seed: int = 0, progress: bool = True,
-             on_progress: Callable[[int, int], None] | None = None):
+             on_progress: Callable[[int, int], None] | None = None, crf: int = 18, preset: str | None = None):
     """Make the talking video. With ``out``: write an H.264 + AAC mp4 atomically and return its path;
     without: return the frames as a list (short clips only). ``progress`` shows a tqdm bar;
     ``on_progress(done, total)`` is called in the caller's thread as each frame is finished
-    (written, with ``out``), from ``(0, total)`` once the inputs are read to ``(total, total)``."""
+    (written, with ``out``), from ``(0, total)`` once the inputs are read to ``(total, total)``.
+    ``crf``/``preset``: H.264 quality and x264 preset of the mp4 (``media.write_video``)."""
     torch.manual_seed(seed)  # the generator is deterministic; kept for future stochastic parts
     if out is not None:
         check_writable(out, inputs=[face, audio])
@@ -304,6 +305,6 @@ def generate(face: str | Path, audio: str | Path, out: str | Path | None = None,
     frames = _prefetch(frames)
     if on_progress is not None:
         frames = _counted(frames, p.n_frames, on_progress)
-    n = write_video(out, frames, fps, audio=sound, sample_rate=OUTPUT_SAMPLE_RATE)
+    n = write_video(out, frames, fps, audio=sound, sample_rate=OUTPUT_SAMPLE_RATE, crf=crf, preset=preset)
     log.info("wrote %s: %d frames (%.2f s), %dx%d", out, n, n / fps, *p.size)
     return Path(out)

@@ -31,6 +31,32 @@ from .blocks import ResBlock, conv_block
 from .identity_encoder import IdentityEncoder
 
 
+def cat_conv(block: nn.Sequential, parts: list[torch.Tensor], per_reference: list[bool], b: int, t: int) -> torch.Tensor:
+    """``block(cat(parts, 1))`` for a block that starts with a convolution, where the parts flagged
+    ``per_reference`` are (B, C, H, W) tensors shared by all T frames of a clip (identity skips,
+    the reference photo) and the rest are per frame (B*T, C, H, W). A convolution of a channel
+    concatenation is the sum of the convolutions of its parts, so the shared parts are convolved
+    once per clip and broadcast over time instead of being copied T times and convolved T times
+    (same result; ~20% less decoder work at inference, less at training)."""
+    first = block[0]
+    conv = first[0] if isinstance(first, nn.Sequential) else first
+    rest = list(first[1:] if isinstance(first, nn.Sequential) else []) + list(block[1:])
+    sizes = [x.shape[1] for x in parts]
+    bounds = torch.tensor([0] + sizes).cumsum(0).tolist()
+    idx = {flag: [c for k, f in enumerate(per_reference) if f == flag for c in range(bounds[k], bounds[k + 1])]
+           for flag in (False, True)}
+    w = conv.weight
+    y = F.conv2d(torch.cat([x for x, f in zip(parts, per_reference) if not f], 1), w[:, idx[False]], conv.bias,
+                 conv.stride, conv.padding)  # (B*T, C', H', W')
+    if idx[True]:
+        yr = F.conv2d(torch.cat([x for x, f in zip(parts, per_reference) if f], 1), w[:, idx[True]], None,
+                      conv.stride, conv.padding)  # (B, C', H', W')
+        y = (y.view(b, t, *y.shape[1:]) + yr[:, None]).flatten(0, 1)
+    for m in rest:
+        y = m(y)
+    return y
+
+
 class Generator(nn.Module):
     def __init__(self, cfg: GeneratorConfig = GeneratorConfig()):
         super().__init__()
@@ -82,14 +108,16 @@ class Generator(nn.Module):
         return {"ref_points": ref_points, "points_feat": self.points_in((ref_points - 0.5).flatten(1))}
 
     def forward(self, mel: torch.Tensor, ref: torch.Tensor | dict, ref_points: torch.Tensor | None = None,
-                state: torch.Tensor | None = None) -> dict:
+                state: torch.Tensor | None = None, crops: bool = True) -> dict:
         """mel: (B, T, n_mels, steps) per-frame audio windows; ref: (B, 3, S, S) or an encoded
         reference; ref_points: (B, K, 2). Returns frames (B, T, 3, S, S), lower (B, T, 3, S/2, S),
-        points (B, T, K, 2), flow, mask and the recurrent state for the next chunk."""
+        points (B, T, K, 2), flow, mask, residual and the recurrent state for the next chunk.
+        ``crops=False`` leaves out frames and lower (the photo pipeline pastes flow, mask and
+        residual into the full-resolution photo itself)."""
         enc = ref if isinstance(ref, dict) else self.encode_reference(ref, ref_points)
         b, t = mel.shape[:2]
         m = self.motion(mel, enc, state)
-        out = self._render(m["h"].flatten(0, 1), enc, m["points"].flatten(0, 1), m["offsets"].flatten(0, 1), b, t)
+        out = self._render(m["h"].flatten(0, 1), enc, m["points"].flatten(0, 1), m["offsets"].flatten(0, 1), b, t, crops)
         out["points"] = m["points"]
         out["state"] = m["state"]
         return out
@@ -124,7 +152,8 @@ class Generator(nn.Module):
         flow = -(g @ off) / (g.sum(-1, keepdim=True) + 0.05)  # (N, HW, 2); 0.05 = weight of "no motion"
         return flow.transpose(1, 2).reshape(-1, 2, h, w)
 
-    def _render(self, h: torch.Tensor, enc: dict, points: torch.Tensor, off: torch.Tensor, b: int, t: int) -> dict:
+    def _render(self, h: torch.Tensor, enc: dict, points: torch.Tensor, off: torch.Tensor, b: int, t: int,
+                crops: bool = True) -> dict:
         n = h.shape[0]
         s = self.cfg.crop_size
         rep = lambda x: x[:, None].expand(b, t, *x.shape[1:]).reshape(n, *x.shape[1:])  # noqa: E731
@@ -147,27 +176,31 @@ class Generator(nn.Module):
             return F.grid_sample(img, g, mode="bilinear", padding_mode="border", align_corners=True)
 
         x = self.fc(h).view(n, -1, self.h0, self.w0)  # (N, 8w, S/32, S/16)
-        x = self.up3(torch.cat([x, rep(sk[3])], 1))
+        x = cat_conv(self.up3, [x, sk[3]], [False, True], b, t)
         x = F.interpolate(x, scale_factor=2, mode="nearest")  # S/16
         size = x.shape[2:]
-        x = self.up2(torch.cat([x, rep(sk[2]), at(flow_full, size)], 1))
+        x = cat_conv(self.up2, [x, sk[2], at(flow_full, size)], [False, True, False], b, t)
         x = F.interpolate(x, scale_factor=2, mode="nearest")  # S/8
         size = x.shape[2:]
         f = at(flow_full, size)
-        x = self.up1(torch.cat([x, rep(sk[1]), f, warp(at(rep(ref_low), size), f)], 1))
+        x = cat_conv(self.up1, [x, sk[1], f, warp(at(rep(ref_low), size), f)], [False, True, False, False], b, t)
         x = F.interpolate(x, scale_factor=2, mode="nearest")  # S/4
         size = x.shape[2:]
         f = at(flow_full, size)
-        x = self.up0(torch.cat([x, rep(sk[0]), f, warp(at(rep(ref_low), size), f)], 1))
+        x = cat_conv(self.up0, [x, sk[0], f, warp(at(rep(ref_low), size), f)], [False, True, False, False], b, t)
         x = F.interpolate(x, scale_factor=2, mode="nearest")  # S/2 x S: the full lower half
         ref_rep = rep(ref_low)
         warped0 = warp(ref_rep, flow_full)
-        o = self.out(torch.cat([x, ref_rep, warped0], 1))  # (N, 6, S/2, S)
+        o = cat_conv(self.out, [x, ref_low, warped0], [False, True, False], b, t)  # (N, 6, S/2, S)
         flow = flow_full + 0.05 * torch.tanh(o[:, 0:2])
         mask = torch.sigmoid(o[:, 2:3])
         rgb = torch.tanh(o[:, 3:6])
+        v = lambda x: x.view(b, t, *x.shape[1:])  # noqa: E731
         if self.cfg.render == "paint":
             flow, mask = torch.zeros_like(flow), torch.zeros_like(mask)
+        if not crops:
+            return {"flow": v(flow), "mask": v(mask), "residual": v(rgb)}
+        if self.cfg.render == "paint":
             lower = rgb
         else:
             lower = mask * warp(ref_rep, flow) + (1 - mask) * rgb  # (N, 3, S/2, S)
@@ -177,5 +210,4 @@ class Generator(nn.Module):
         ramp[:, :, :fr, 0] = torch.linspace(0, 1, fr + 2)[1:-1]
         lower = ramp * lower + (1 - ramp) * ref_rep
         frames = torch.cat([rep(ref[:, :, : s // 2]), lower], 2)  # (N, 3, S, S)
-        v = lambda x: x.view(b, t, *x.shape[1:])  # noqa: E731
         return {"frames": v(frames), "lower": v(lower), "flow": v(flow), "mask": v(mask), "residual": v(rgb)}
