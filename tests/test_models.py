@@ -196,6 +196,25 @@ def test_generator_without_crops_gives_the_same_maps():
         torch.testing.assert_close(maps[k], full[k])
 
 
+def test_generator_draws_given_offsets():
+    """Given landmark motion replaces the motion head's: points follow it, and opening the lips
+    changes the rendered lower face (what the loudness-driven baseline relies on)."""
+    g = Generator(TINY_G).eval()
+    with torch.no_grad():
+        for p in list(g.motion_head[-1].parameters()):
+            p.normal_(0, 0.02)  # a motion head that moves by itself
+    ref, pts = _ref(1)
+    mel = _mel(1, 3)
+    off = torch.zeros(1, 3, K, 2)
+    off[:, 1:, :, 1] = 0.03
+    with torch.no_grad():
+        out = g(mel, ref, pts, offsets=off)
+        still = g(mel, ref, pts, offsets=torch.zeros_like(off))
+    torch.testing.assert_close(out["points"], pts[:, None] + off)
+    assert torch.equal(out["frames"][:, 0], still["frames"][:, 0])
+    assert float((out["lower"][:, 2] - still["lower"][:, 2]).abs().max()) > 1e-3
+
+
 def test_gradients_reach_audio_identity_and_gru():
     g = Generator(TINY_G)
     g.train()

@@ -65,25 +65,11 @@ def loudness_activation(loud_db: np.ndarray, min_range_db: float = 10.0) -> np.n
     return np.clip((np.asarray(loud_db, np.float64) - lo) / max(hi - lo, min_range_db), 0, 1).astype(np.float32)
 
 
-@torch.no_grad()
 def render_motion(model, ref_crop: np.ndarray, ref_points: np.ndarray, offsets: np.ndarray, chunk: int = 50) -> np.ndarray:
     """Render given lower-face landmark offsets (T, K, 2) with the generator's renderer. The
     renderer also reads the GRU's features; they are computed from an all-zero (utterance-mean)
     audio input, so no audio information reaches it. -> (T, S, S, 3) uint8 crops."""
-    from ..inference import crop_to_tensor, tensor_to_crops
+    from ..inference import generate_crops
 
-    model.eval()
-    enc = model.encode_reference(crop_to_tensor(ref_crop), torch.as_tensor(ref_points, dtype=torch.float32)[None])
-    cfg = model.cfg
-    out = []
-    state = None
-    for s in range(0, len(offsets), chunk):
-        off = torch.as_tensor(offsets[s: s + chunk], dtype=torch.float32)[None]  # (1, t, K, 2)
-        t = off.shape[1]
-        mel = torch.zeros(1, t, cfg.audio.n_mels, AudioConfig().window_steps)
-        m = model.motion(mel, enc, state)
-        state = m["state"]
-        pts = enc["ref_points"][:, None] + off
-        r = model._render(m["h"].flatten(0, 1), enc, pts.flatten(0, 1), off.flatten(0, 1), 1, t)
-        out.append(tensor_to_crops(r["frames"][0]))
-    return np.concatenate(out)
+    mel = torch.zeros(len(offsets), model.cfg.audio.n_mels, AudioConfig().window_steps)
+    return np.stack([c for c, _ in generate_crops(model, ref_crop, ref_points, mel, chunk, offsets=offsets)])

@@ -108,15 +108,18 @@ class Generator(nn.Module):
         return {"ref_points": ref_points, "points_feat": self.points_in((ref_points - 0.5).flatten(1))}
 
     def forward(self, mel: torch.Tensor, ref: torch.Tensor | dict, ref_points: torch.Tensor | None = None,
-                state: torch.Tensor | None = None, crops: bool = True) -> dict:
+                state: torch.Tensor | None = None, crops: bool = True, offsets: torch.Tensor | None = None) -> dict:
         """mel: (B, T, n_mels, steps) per-frame audio windows; ref: (B, 3, S, S) or an encoded
         reference; ref_points: (B, K, 2). Returns frames (B, T, 3, S, S), lower (B, T, 3, S/2, S),
         points (B, T, K, 2), flow, mask, residual and the recurrent state for the next chunk.
         ``crops=False`` leaves out frames and lower (the photo pipeline pastes flow, mask and
-        residual into the full-resolution photo itself)."""
+        residual into the full-resolution photo itself). ``offsets`` (B, T, K, 2): draw this
+        landmark motion instead of the motion head's (baselines that move the lips by a rule)."""
         enc = ref if isinstance(ref, dict) else self.encode_reference(ref, ref_points)
         b, t = mel.shape[:2]
         m = self.motion(mel, enc, state)
+        if offsets is not None:
+            m["offsets"], m["points"] = offsets, enc["ref_points"][:, None] + offsets
         out = self._render(m["h"].flatten(0, 1), enc, m["points"].flatten(0, 1), m["offsets"].flatten(0, 1), b, t, crops)
         out["points"] = m["points"]
         out["state"] = m["state"]
