@@ -189,7 +189,8 @@ def test_lip_reader_trains_and_reads(corpus, tmp_path):
     from talkingface.models.lip_reader import LipReader
     from talkingface.config import LipReaderConfig
     from talkingface.training.checkpoint import load_model
-    from talkingface.training.trainer import lip_reader_predictions, viseme_targets
+    from talkingface.models.lip_reader import clip_visemes
+    from talkingface.training.trainer import viseme_targets
 
     cfg = load_config(TrainConfig, None, _overrides(
         corpus, 'kind="lipread"', "lip_reader.width=8", "batch_size=4", "steps=3", "log_every=1", "val_every=3",
@@ -201,7 +202,7 @@ def test_lip_reader_trains_and_reads(corpus, tmp_path):
     val = [r for r in rows if r["split"] == "val"]
     assert len(val) == 1 and 0.0 <= float(val[0]["acc"]) <= 1.0 and float(val[0]["frames"]) > 0
     reader, _, _ = load_model(Path(run) / "lip_reader.pt", "lipread", LipReader, LipReaderConfig)
-    pred = lip_reader_predictions(reader, torch.rand(9, 3, 64, 128) * 2 - 1)
+    pred = clip_visemes(reader, torch.rand(9, 3, 64, 128) * 2 - 1)
     assert pred.shape == (9,) and (pred[:2] == -1).all() and (pred[-2:] == -1).all()
     assert ((pred[2:-2] >= 0) & (pred[2:-2] < 14)).all()
     assert viseme_targets(torch.tensor([-1, 0, 5])).tolist()[0] == -1

@@ -96,9 +96,9 @@ def clip_metrics(gen: np.ndarray, real: np.ndarray, real_lm: np.ndarray, real_cu
     offsets, table, mids = M.sync_distance_table(expert, lower(gen), mel)
     ls = M.lse_from_table(offsets, table)
     if reader is not None and visemes is not None:
-        from ..training.trainer import lip_reader_predictions
+        from ..models.lip_reader import clip_visemes
 
-        pred = lip_reader_predictions(reader, lower(gen))
+        pred = clip_visemes(reader, lower(gen))
         ok = (visemes >= 0) & (pred >= 0)
         m["viseme_acc"] = float((pred[ok] == visemes[ok]).mean()) if ok.any() else float("nan")
     if visemes is not None and by_viseme is not None:

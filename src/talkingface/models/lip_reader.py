@@ -9,6 +9,7 @@ phoneme needs, which a loudness-driven mouth cannot fake.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -27,3 +28,19 @@ class LipReader(nn.Module):
     def forward(self, lower: torch.Tensor) -> torch.Tensor:
         """lower: (N, F, 3, H, W) lower halves in [-1, 1] -> viseme logits (N, n_classes)."""
         return self.fc(self.net(SyncExpert.to_gray(lower)).flatten(1))
+
+
+@torch.no_grad()
+def clip_visemes(reader: LipReader, lower: torch.Tensor, batch_size: int = 128) -> np.ndarray:
+    """Viseme predicted for every frame of a clip that has a full window around it.
+    lower: (T, 3, H, W) lower halves in [-1, 1] -> (T,) viseme ids, -1 near the clip's ends."""
+    reader.eval()
+    f = reader.cfg.frames
+    t = len(lower)
+    out = np.full(t, -1, np.int64)
+    if t < f:
+        return out
+    idx = torch.arange(t - f + 1)[:, None] + torch.arange(f)[None]  # (W, F)
+    preds = torch.cat([reader(lower[idx[i: i + batch_size]]).argmax(1) for i in range(0, len(idx), batch_size)])
+    out[f // 2: f // 2 + len(preds)] = preds.numpy()
+    return out

@@ -28,7 +28,7 @@ from ..evaluation.metrics import auc, pearson
 from ..face import LIP_INNER_BOTTOM, LIP_INNER_TOP, LOWER_FACE, MOUTH_LEFT, MOUTH_RIGHT
 from ..models.frame_discriminator import FrameDiscriminator
 from ..models.generator import Generator
-from ..models.lip_reader import LipReader
+from ..models.lip_reader import LipReader, clip_visemes
 from ..models.sequence_discriminator import SequenceDiscriminator
 from ..models.sync_expert import SyncExpert
 from . import losses
@@ -282,28 +282,12 @@ def viseme_targets(phonemes: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def lip_reader_predictions(reader: LipReader, lower: torch.Tensor, batch_size: int = 128) -> np.ndarray:
-    """Viseme predicted for every frame of a clip that has a full window around it.
-    lower: (T, 3, H, W) lower halves in [-1, 1] -> (T,) viseme ids, -1 near the clip's ends."""
-    reader.eval()
-    f = reader.cfg.frames
-    t = len(lower)
-    out = np.full(t, -1, np.int64)
-    if t < f:
-        return out
-    idx = torch.arange(t - f + 1)[:, None] + torch.arange(f)[None]  # (W, F)
-    preds = torch.cat([reader(lower[idx[i: i + batch_size]]).argmax(1) for i in range(0, len(idx), batch_size)])
-    out[f // 2: f // 2 + len(preds)] = preds.numpy()
-    return out
-
-
-@torch.no_grad()
 def evaluate_lip_reader(reader: LipReader, clips, max_clips: int = 200) -> dict:
     """Viseme accuracy on whole clips (frames with a known phoneme and a face), and the accuracy
     averaged over classes (the corpus is dominated by a few visemes)."""
     hits, labels = [], []
     for c in clips[:max_clips]:
-        pred = lip_reader_predictions(reader, lower_half(c.crops.float() / 127.5 - 1))
+        pred = clip_visemes(reader, lower_half(c.crops.float() / 127.5 - 1))
         truth = viseme_targets(c.phonemes).numpy()
         ok = (truth >= 0) & (pred >= 0) & c.found.numpy()
         hits.append(pred[ok] == truth[ok])
