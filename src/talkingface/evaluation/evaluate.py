@@ -250,10 +250,11 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
         cal = {"real audio": res["real"], "still face": res["still"]}
         for label, m_ in shifted.items():
             ls = M.lse(expert, lr, m_)
-            cal[label] = {"sync_dist_at_0": ls["dist_at_0"], "lse_c": ls["lse_c"]}
+            cal[label] = {"sync_dist_at_0": ls["dist_at_0"], "lse_c": ls["lse_c"], "lse_d": ls["lse_d"]}
         for label, v in cal.items():
             calib.setdefault(label, []).append(v["sync_dist_at_0"])
             calib.setdefault(label + " LSE-C", []).append(v["lse_c"])
+            calib.setdefault(label + " LSE-D", []).append(v["lse_d"])
     systems = sorted({s for r in per_clip.values() for s in r}, key=lambda s: (s not in ("real", "still", LOUDNESS), s))
     summary = {}
     for s in systems:
@@ -356,9 +357,15 @@ def _report(r: dict) -> str:
     lines = [f"# Evaluation: {r['corpus']} split `{r['split']}` ({len(r['clips'])} clips)", "",
              f"Sync model (evaluation expert, not the training critic): `{r['sync_model']}`.", "",
              "## Calibration of the sync measure (real held-out clips)", "",
-             "| condition | sync distance at offset 0 (lower = in sync) | LSE-C |", "|---|---|---|"]
-    for label in ("real audio", "audio shifted 0.5 s", "audio shifted 1 s", "still face", "another clip's audio"):
-        lines.append(f"| {label} | {r['calibration'][label]:.3f} | {r['calibration'][label + ' LSE-C']:.3f} |")
+             "| condition | sync distance at offset 0 (lower = in sync) | LSE-D (min over offsets) | LSE-C |", "|---|---|---|---|"]
+    conditions = ("real audio", "audio shifted 0.5 s", "audio shifted 1 s", "still face", "another clip's audio")
+    cal = r["calibration"]
+    for label in conditions:
+        lines.append(f"| {label} | {cal[label]:.3f} | {cal.get(label + ' LSE-D', float('nan')):.3f} | {cal[label + ' LSE-C']:.3f} |")
+    for title, key in (("sync distance at offset 0", ""), ("LSE-D", " LSE-D")):
+        if all(c + key in cal for c in conditions):
+            order = sorted(conditions, key=lambda c: cal[c + key])
+            lines.append(f"\nRanked by {title} (best first): " + " < ".join(f"{c} ({cal[c + key]:.3f})" for c in order))
     lines += ["", "## Results", "", "| system | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for name, m in s.items():
         lines.append(f"| {name} | " + " | ".join(f"{m[c]:.3f}" if c in m and np.isfinite(m[c]) else "" for c in cols) + " |")
