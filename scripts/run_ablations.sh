@@ -17,7 +17,7 @@ declare -A rows=(
   [paint]="generator.render=paint"                                 # the paper's painting decoder instead of warping
   [wav2lip-style]="generator.render=paint generator.recurrent=false loss.seq_adv=0"  # frame-wise mouth in-painting peer
 )
-order=(full no-gru gru-frame-seq-d paint gru-frame-d gru-no-adv random-selection wav2lip-style)
+order=(full no-gru gru-frame-seq-d paint gru-frame-d gru-no-adv wav2lip-style random-selection)
 ckpts=()
 for name in "${order[@]}"; do
   run="runs/ablations/$name"
