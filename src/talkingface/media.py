@@ -331,9 +331,9 @@ class _YUVFrames:
 
 # x264 for generated videos on a small CPU: ultrafast's motion search and decisions (where the time
 # goes) with CABAC and a short macroblock-tree lookahead (where the size goes; a still background is
-# referenced by every frame and mbtree spends its bits once). On a 1080p talking photo
-# (benchmarks/encoder_settings.py) it encodes with ~40% less CPU than veryfast, files ~1.5x veryfast's
-# and 3x smaller than plain ultrafast, 44+ dB PSNR in the moving mouth at crf 18.
+# referenced by every frame and mbtree spends its bits once). Measured on 300 frames of a 1080p
+# talking photo (README, "Speed and memory"): ~40% less encoding CPU than veryfast, files ~1.4-2x
+# veryfast's and ~3x smaller than plain ultrafast, 43-46 dB PSNR in the moving mouth.
 FAST_X264 = {"preset": "ultrafast", "x264-params": "cabac=1:rc-lookahead=10:mbtree=1"}
 
 

@@ -186,11 +186,11 @@ class Generator(nn.Module):
         x = F.interpolate(x, scale_factor=2, mode="nearest")  # S/8
         size = x.shape[2:]
         f = at(flow_full, size)
-        x = cat_conv(self.up1, [x, sk[1], f, warp(at(rep(ref_low), size), f)], [False, True, False, False], b, t)
+        x = cat_conv(self.up1, [x, sk[1], f, warp(rep(at(ref_low, size)), f)], [False, True, False, False], b, t)
         x = F.interpolate(x, scale_factor=2, mode="nearest")  # S/4
         size = x.shape[2:]
         f = at(flow_full, size)
-        x = cat_conv(self.up0, [x, sk[0], f, warp(at(rep(ref_low), size), f)], [False, True, False, False], b, t)
+        x = cat_conv(self.up0, [x, sk[0], f, warp(rep(at(ref_low, size)), f)], [False, True, False, False], b, t)
         x = F.interpolate(x, scale_factor=2, mode="nearest")  # S/2 x S: the full lower half
         ref_rep = rep(ref_low)
         warped0 = warp(ref_rep, flow_full)
@@ -199,14 +199,12 @@ class Generator(nn.Module):
         mask = torch.sigmoid(o[:, 2:3])
         rgb = torch.tanh(o[:, 3:6])
         v = lambda x: x.view(b, t, *x.shape[1:])  # noqa: E731
-        if self.cfg.render == "paint":
+        paint = self.cfg.render == "paint"
+        if paint:
             flow, mask = torch.zeros_like(flow), torch.zeros_like(mask)
         if not crops:
             return {"flow": v(flow), "mask": v(mask), "residual": v(rgb)}
-        if self.cfg.render == "paint":
-            lower = rgb
-        else:
-            lower = mask * warp(ref_rep, flow) + (1 - mask) * rgb  # (N, 3, S/2, S)
+        lower = rgb if paint else mask * warp(ref_rep, flow) + (1 - mask) * rgb  # (N, 3, S/2, S)
         # Blend the first rows into the photo so no seam can appear at the half-way line.
         fr = self.cfg.feather_rows
         ramp = torch.ones(1, 1, s // 2, 1)

@@ -188,23 +188,45 @@ def _load_rows(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
     return train, val
 
 
-class SyncTask:
-    """Trains the audio-visual sync expert on 5-frame windows."""
+class _SingleModelTask:
+    """A task that trains one network with one Adam optimizer and exports it as ``file``.
 
-    def __init__(self, cfg: TrainConfig, world: int):
-        self.cfg = cfg
-        self.world = world
-        # Not DDP-wrapped: the loss needs the expert's two embeddings, not its forward, and a DDP
-        # wrapper only averages gradients of outputs of its own forward. Gradients are averaged by
-        # hand in ``step`` instead.
-        self.model = SyncExpert(cfg.sync)
+    Not DDP-wrapped: the sync loss needs the expert's two embeddings, not its forward, and a DDP
+    wrapper only averages gradients of outputs of its own forward. Gradients are averaged by hand
+    in ``_update`` instead."""
+
+    key, kind, file = "", "", ""
+
+    def __init__(self, cfg: TrainConfig, world: int, model: torch.nn.Module, model_cfg):
+        self.cfg, self.world, self.model, self.model_cfg = cfg, world, model, model_cfg
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr_g, betas=(0.9, 0.999))
 
     def modules(self) -> dict:
-        return {"sync": _bare(self.model)}
+        return {self.key: _bare(self.model)}
 
     def optimizers(self) -> dict:
-        return {"sync": self.opt}
+        return {self.key: self.opt}
+
+    def _update(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        _average_gradients(self.model, self.world)
+        self.opt.step()
+
+    def samples(self, *_):
+        pass
+
+    def export(self, run: Run, step: int, meta: dict) -> None:
+        export_model(run.dir / self.file, self.kind, _bare(self.model), self.model_cfg, {"step": step, **meta})
+
+
+class SyncTask(_SingleModelTask):
+    """Trains the audio-visual sync expert on 5-frame windows."""
+
+    key, kind, file = "sync", "sync", "sync_expert.pt"
+
+    def __init__(self, cfg: TrainConfig, world: int):
+        super().__init__(cfg, world, SyncExpert(cfg.sync), cfg.sync)
 
     def step(self, batch: dict, step: int) -> dict:
         self.model.train()
@@ -212,42 +234,26 @@ class SyncTask:
         lower = lower_half(batch["target"][:, :f])
         mid = f // 2
         loss, m = losses.sync_expert_loss(self.model, lower, batch["mel"][:, mid], batch["neg_mel"][:, mid])
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        _average_gradients(self.model, self.world)
-        self.opt.step()
+        self._update(loss)
         return {"loss": loss.item(), **m}
 
     @torch.no_grad()
     def validate(self, sampler: WindowSampler, run: Run, step: int) -> dict:
         return evaluate_sync(_bare(self.model), sampler.clips)
 
-    def samples(self, *_):
-        pass
 
-    def export(self, run: Run, step: int, meta: dict) -> None:
-        export_model(run.dir / "sync_expert.pt", "sync", _bare(self.model), self.cfg.sync, {"step": step, **meta})
-
-
-class LipReadTask:
+class LipReadTask(_SingleModelTask):
     """Trains the viseme reader (the paper's lip-reading critic) on 5-frame windows: cross-entropy
     on the middle frame's viseme; frames of unknown phoneme are ignored."""
 
+    key, kind, file = "lip_reader", "lipread", "lip_reader.pt"
+
     def __init__(self, cfg: TrainConfig, world: int):
-        self.cfg = cfg
-        self.world = world
         from ..phonemes import VISEMES
 
         if cfg.lip_reader.n_classes != len(VISEMES):
             raise TalkingFaceError(f"lip_reader.n_classes must be {len(VISEMES)} (the visemes of phonemes.py)")
-        self.model = LipReader(cfg.lip_reader)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr_g, betas=(0.9, 0.999))
-
-    def modules(self) -> dict:
-        return {"lip_reader": _bare(self.model)}
-
-    def optimizers(self) -> dict:
-        return {"lip_reader": self.opt}
+        super().__init__(cfg, world, LipReader(cfg.lip_reader), cfg.lip_reader)
 
     def step(self, batch: dict, step: int) -> dict:
         self.model.train()
@@ -255,10 +261,7 @@ class LipReadTask:
         target = viseme_targets(batch["phonemes"][:, f // 2])
         logits = self.model(lower_half(batch["target"][:, :f]))
         loss = torch.nn.functional.cross_entropy(logits, target, ignore_index=-1)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        _average_gradients(self.model, self.world)
-        self.opt.step()
+        self._update(loss)
         known = target >= 0
         acc = (logits.argmax(1)[known] == target[known]).float().mean().item() if known.any() else float("nan")
         return {"loss": loss.item(), "acc": acc}
@@ -266,12 +269,6 @@ class LipReadTask:
     @torch.no_grad()
     def validate(self, sampler: WindowSampler, run: Run, step: int) -> dict:
         return evaluate_lip_reader(_bare(self.model), sampler.clips)
-
-    def samples(self, *_):
-        pass
-
-    def export(self, run: Run, step: int, meta: dict) -> None:
-        export_model(run.dir / "lip_reader.pt", "lipread", _bare(self.model), self.cfg.lip_reader, {"step": step, **meta})
 
 
 def viseme_targets(phonemes: torch.Tensor) -> torch.Tensor:
