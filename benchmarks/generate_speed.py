@@ -5,7 +5,7 @@ speech on a ~1080p photo and for dubbing a 30 s 720p video, model-only frames/s,
 clip, measured in a fresh process. Real-time factor = speech duration / wall time (>1 = faster
 than real time).
 
-    python benchmarks/generate_speed.py [--checkpoint C] [--long-minutes 10] [--skip-long] [--skip-short]
+    python benchmarks/generate_speed.py [--checkpoint C] [--precision auto|fp32|bf16] [--long-minutes 10] [--skip-long] [--skip-short]
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint")
     ap.add_argument("--long-minutes", type=float, default=10.0)
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="generator arithmetic for the end-to-end cases (fp32: what a CPU without AMX gets)")
     ap.add_argument("--skip-long", action=argparse.BooleanOptionalAction, default=False)
     ap.add_argument("--skip-short", action=argparse.BooleanOptionalAction, default=False,
                     help="skip the 30 s and model-only cases")
@@ -76,35 +78,47 @@ def main() -> None:
     from talkingface.audio import frame_windows, log_mel, normalize_utterance
     from talkingface.media import read_audio
 
-    print(f"torch threads: {torch.get_num_threads()}, cpu count: {os.cpu_count()}")
+    print(f"torch threads: {torch.get_num_threads()}, cpu count: {os.cpu_count()}, precision: {args.precision}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         photo, speech = make_inputs(tmp, 30.0)
         if not args.skip_short:
             t0 = time.time()
             model = api.load_model(args.checkpoint)
-            api.generate(photo, speech, tmp / "out.mp4", model=model, progress=False)
+            api.generate(photo, speech, tmp / "out.mp4", model=model, progress=False, precision=args.precision)
             wall = time.time() - t0
             print(f"photo 1920x1080, 30 s speech: {wall:.1f} s wall -> real-time factor {30.0 / wall:.2f}x")
             video = make_video(tmp, 30.0)
             t0 = time.time()
-            api.generate(video, speech, tmp / "dub.mp4", model=model, progress=False)
+            api.generate(video, speech, tmp / "dub.mp4", model=model, progress=False, precision=args.precision)
             wall = time.time() - t0
             print(f"video 1280x720 25 fps dubbed with 30 s speech: {wall:.1f} s wall -> real-time factor {30.0 / wall:.2f}x")
 
             mel = normalize_utterance(log_mel(read_audio(speech, 16000)))
             g = model.generator
-            from talkingface.inference import crop_to_tensor
+            from talkingface.inference import compute_dtype, crop_to_tensor
 
+            dtype = compute_dtype("auto")
+            print(f"precision auto on this CPU: {'bfloat16' if dtype else 'float32'}")
             enc = g.encode_reference(crop_to_tensor(np.zeros((128, 128, 3), np.uint8)), torch.full((1, 69, 2), 0.5))
-            with torch.no_grad():
-                g(frame_windows(mel, 50)[None], enc)  # warm-up
-                t0 = time.time()
-                state, n = None, 0
-                for s in range(0, 500, 50):
-                    out = g(frame_windows(mel, 50, first=s)[None], enc, state=state)
-                    state, n = out["state"], n + 50
-                print(f"model only: {n / (time.time() - t0):.0f} frames/s (chunks of 50)")
+            for name, dt in [("float32", None)] + ([("bfloat16", dtype)] if dtype else []):
+                with torch.no_grad(), torch.autocast("cpu", dtype=dt or torch.bfloat16, enabled=dt is not None):
+                    g(frame_windows(mel, 50)[None], enc)  # warm-up
+                    t0 = time.time()
+                    state, n = None, 0
+                    for s in range(0, 500, 50):
+                        out = g(frame_windows(mel, 50, first=s)[None], enc, state=state, crops=False)
+                        state, n = out["state"], n + 50
+                    print(f"model only, {name}: {n / (time.time() - t0):.0f} frames/s (chunks of 50)")
+
+            if dtype is not None:  # what bf16 changes in the output, against float32
+                clip = make_inputs(tmp, 4.0)
+                a = api.generate(*clip, None, model=model, progress=False, precision="fp32")
+                b = api.generate(*clip, None, model=model, progress=False, precision="auto")
+                x0, y0, x1, y1 = a[0].box
+                d = np.stack([np.abs(u[y0:y1, x0:x1].astype(np.float64) - v[y0:y1, x0:x1]) for u, v in zip(a, b)])
+                print(f"bf16 vs float32 output, mouth box over {len(a)} frames: PSNR {10 * np.log10(255**2 / np.mean(d**2)):.1f} dB, "
+                      f"max diff {d.max():.0f}/255, {np.mean(d > 2) * 100:.2f}% of values differ by > 2")
 
         if not args.skip_long:
             minutes = args.long_minutes
@@ -112,7 +126,7 @@ def main() -> None:
             # The child reports its own high-water mark (VmHWM): getrusage(RUSAGE_CHILDREN) would also
             # count the parent's pages the child briefly shares while it is being spawned.
             code = ("import sys; from talkingface import api; "
-                    f"api.generate(sys.argv[1], sys.argv[2], sys.argv[3], model=api.load_model({args.checkpoint!r}), progress=False); "
+                    f"api.generate(sys.argv[1], sys.argv[2], sys.argv[3], model=api.load_model({args.checkpoint!r}), progress=False, precision={args.precision!r}); "
                     "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])")
             t0 = time.time()
             r = subprocess.run([sys.executable, "-c", code, str(photo), str(long_speech), str(tmp / "long.mp4")],

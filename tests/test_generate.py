@@ -24,6 +24,7 @@ from talkingface.config import (
     IdentityEncoderConfig,
 )
 from talkingface.errors import TalkingFaceError
+from talkingface.inference import compute_dtype
 from talkingface.media import read_audio, read_video, write_video
 from talkingface.models.generator import Generator
 from talkingface.training.checkpoint import export_model
@@ -118,6 +119,20 @@ def test_stream_and_frame_list(assets, model):
     # uncompressed, the photo outside the lower face is bit-exact
     assert np.array_equal(listed[5][:100], assets["photo"][:100])
     assert np.array_equal(listed[5][:, :60], assets["photo"][:, :60])
+
+
+def test_precision_bf16_stays_close_to_fp32_and_bad_values_fail(assets, model):
+    """bfloat16 (what "auto" picks on CPUs with AMX) may move the mouth by a level or two, never
+    more; the photo outside the edit is untouched either way."""
+    a = api.generate(assets["face"], assets["short"], None, model=model, progress=False, precision="fp32")
+    b = api.generate(assets["face"], assets["short"], None, model=model, progress=False, precision="bf16")
+    d = np.abs(np.stack(a).astype(int) - np.stack(b))
+    assert d.max() <= 12 and d.mean() < 0.05, (d.max(), d.mean())
+    assert np.array_equal(b[3][:100], assets["photo"][:100])
+    assert compute_dtype("fp32") is None and compute_dtype("bf16") == torch.bfloat16
+    assert compute_dtype("auto", "cuda") is None
+    with pytest.raises(ValueError, match="precision"):
+        api.generate(assets["face"], assets["short"], None, model=model, progress=False, precision="fp16")
 
 
 def test_on_progress_counts_every_frame(assets, model, tmp_path):

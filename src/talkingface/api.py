@@ -28,6 +28,7 @@ from .audio import frame_windows, log_mel, normalize_utterance
 from .config import AudioConfig, FaceConfig, GeneratorConfig
 from .errors import TalkingFaceError
 from .face import LOWER_FACE, FaceMesh, alignment_matrix, transform_points, warp_face
+from .inference import compute_dtype
 from .media import check_writable, is_image, iter_video, n_frames_for, read_audio, read_image, write_video
 
 log = logging.getLogger(__name__)
@@ -200,11 +201,14 @@ def prepare_inputs(face: str | Path, audio: str | Path, crop_size: int, fps: flo
 
 
 @torch.no_grad()
-def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, audio_cfg: AudioConfig) -> Iterator[np.ndarray]:
+def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, audio_cfg: AudioConfig,
+            precision: str = "auto") -> Iterator[np.ndarray]:
     from tqdm import tqdm
 
     from .compose import Compositor
     from .inference import crop_to_tensor
+
+    dtype = compute_dtype(precision, model.device)
 
     g = model.generator
     s, feather = model.config.crop_size, model.config.feather_rows
@@ -216,9 +220,10 @@ def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, a
         for start in range(0, p.n_frames, chunk):
             t = min(chunk, p.n_frames - start)
             mel = frame_windows(p.mel, t, fps, audio_cfg, first=start)[None].to(model.device)  # (1, t, n_mels, steps)
-            out = g(mel, enc, state=state, crops=False)
+            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                out = g(mel, enc, state=state, crops=False)
             state = out["state"]
-            flow, mask, res = (out[k][0].cpu().numpy() for k in ("flow", "mask", "residual"))
+            flow, mask, res = (out[k][0].float().cpu().numpy() for k in ("flow", "mask", "residual"))
             for i in range(t):
                 frame, m = next(bgs)
                 if m is None:  # no face in this video frame: pass it through
@@ -270,11 +275,14 @@ def _prefetch(it: Iterator, depth: int = 8) -> Iterator:
 
 
 def stream(face: str | Path, audio: str | Path, model: Model | None = None, fps: float = 25.0, face_index: int = 0,
-           chunk: int = 50, progress: bool = False) -> Iterator[np.ndarray]:
-    """Yield full-resolution RGB frames (H, W, 3) uint8 of ``face`` speaking ``audio``."""
+           chunk: int = 50, progress: bool = False, precision: str = "auto") -> Iterator[np.ndarray]:
+    """Yield full-resolution RGB frames (H, W, 3) uint8 of ``face`` speaking ``audio``.
+    ``precision``: "auto" (bfloat16 where the CPU computes it natively), "fp32" or "bf16"
+    (``inference.compute_dtype``)."""
     model = model or load_model()
+    compute_dtype(precision, model.device)  # a bad value fails now, not at the first frame
     p = prepare_inputs(face, audio, model.config.crop_size, fps, face_index)
-    yield from _frames(model, p, fps, chunk, progress, AudioConfig())
+    yield from _frames(model, p, fps, chunk, progress, AudioConfig(), precision)
 
 
 def _counted(frames: Iterator[np.ndarray], total: int, on_progress: Callable[[int, int], None]) -> Iterator[np.ndarray]:
@@ -287,18 +295,21 @@ def _counted(frames: Iterator[np.ndarray], total: int, on_progress: Callable[[in
 
 def generate(face: str | Path, audio: str | Path, out: str | Path | None = None, model: Model | None = None,
              fps: float = 25.0, face_index: int = 0, chunk: int = 50, seed: int = 0, progress: bool = True,
-             on_progress: Callable[[int, int], None] | None = None, crf: int = 18, preset: str | None = None):
+             on_progress: Callable[[int, int], None] | None = None, crf: int = 18, preset: str | None = None,
+             precision: str = "auto"):
     """Make the talking video. With ``out``: write an H.264 + AAC mp4 atomically and return its path;
     without: return the frames as a list (short clips only). ``progress`` shows a tqdm bar;
     ``on_progress(done, total)`` is called in the caller's thread as each frame is finished
     (written, with ``out``), from ``(0, total)`` once the inputs are read to ``(total, total)``.
-    ``crf``/``preset``: H.264 quality and x264 preset of the mp4 (``media.write_video``)."""
+    ``crf``/``preset``: H.264 quality and x264 preset of the mp4 (``media.write_video``);
+    ``precision``: as for ``stream``."""
     torch.manual_seed(seed)  # the generator is deterministic; kept for future stochastic parts
+    compute_dtype(precision, model.device if model else "cpu")
     if out is not None:
         check_writable(out, inputs=[face, audio])
     model = model or load_model()
     p = prepare_inputs(face, audio, model.config.crop_size, fps, face_index)
-    frames = _frames(model, p, fps, chunk, progress, AudioConfig())
+    frames = _frames(model, p, fps, chunk, progress, AudioConfig(), precision)
     if out is None:
         return list(_counted(frames, p.n_frames, on_progress) if on_progress else frames)
     sound = read_audio(audio, OUTPUT_SAMPLE_RATE)

@@ -47,7 +47,10 @@ class Compositor:
         e = edge * s
         pm = (np.clip(self.v / max(1, feather_rows), 0, 1) * np.clip((s - self.cy) / e, 0, 1)
               * np.clip(np.minimum(self.cx, s - self.cx) / e, 0, 1))
-        self.paste = (pm * pm * (3 - 2 * pm)).astype(np.float32)[..., None]  # smoothstep: no visible edge
+        paste = (pm * pm * (3 - 2 * pm)).astype(np.float32)  # smoothstep: no visible edge
+        self.paste, self.keep = paste, 1 - paste  # (h, w): weights of the edit and of the frame
+        # The crop -> ROI sampling is fixed: OpenCV's fixed-point form of it, made once.
+        self.roi_map = cv2.convertMaps(self.cx, self.v, cv2.CV_16SC2)
 
     def _source_grid(self, src_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The ROI's crop coordinates in the source image's pixels (no motion), cached per matrix
@@ -69,30 +72,27 @@ class Compositor:
         s = self.s
 
         # The crop-space maps are brought to image units at crop resolution (64x128, cheap), then
-        # all six (displacement x/y in source pixels, mask, residual RGB in 0..255) are sampled onto
-        # the ROI in one remap: the per-pixel work at photo resolution is one remap and two adds.
+        # sampled onto the ROI (displacement x/y in source pixels and mask as float, the residual
+        # as 8-bit RGB): the per-pixel work at photo resolution is three remaps, two adds and two
+        # weighted sums, all in OpenCV (SIMD over the 3 channels, where numpy broadcasting of
+        # (h, w, 1) weights was the slowest step of a talking photo).
         inv = invert(src_m).astype(np.float32)  # crop -> source image pixels
         fx, fy = flow[0] * s, flow[1] * s
-        maps = np.stack([inv[0, 0] * fx + inv[0, 1] * fy, inv[1, 0] * fx + inv[1, 1] * fy, mask[0],
-                         *((residual + 1) * 127.5)], -1)  # (S/2, S, 6)
-        roi_maps = cv2.remap(maps, self.cx, self.v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # (h, w, 6)
-        mk = roi_maps[..., 2:3]
-        res = roi_maps[..., 3:6]
+        motion = np.stack([inv[0, 0] * fx + inv[0, 1] * fy, inv[1, 0] * fx + inv[1, 1] * fy, mask[0]], -1)  # (S/2, S, 3)
+        rgb = np.clip((residual.transpose(1, 2, 0) + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)  # (S/2, S, 3)
+        m1, m2 = self.roi_map
+        roi_motion = cv2.remap(motion, m1, m2, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # (h, w, 3)
+        res = cv2.remap(rgb, m1, m2, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # (h, w, 3) uint8
+        mk = np.ascontiguousarray(roi_motion[..., 2])
         bx, by = self._source_grid(src_m)
-        mx = bx + roi_maps[..., 0]  # where each ROI pixel's warped crop pixel sits in the source image
-        my = by + roi_maps[..., 1]
-        warped = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-        roi = dst[self.y0:self.y1, self.x0:self.x1].astype(np.float32)
-        # paste * (mk * warped + (1 - mk) * res) + (1 - paste) * roi, in place (the hot loop of a
-        # talking photo: one temporary instead of eight)
-        warped -= res
-        warped *= mk
-        warped += res
-        warped -= roi
-        warped *= self.paste
-        warped += roi
-        warped += 0.5
+        mx = bx + roi_motion[..., 0]  # where each ROI pixel's warped crop pixel sits in the source image
+        my = by + roi_motion[..., 1]
+        warped = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # (h, w, 3) uint8
+        # paste * (mk * warped + (1 - mk) * res) + (1 - paste) * roi; blendLinear divides by the
+        # weights' sum (+1e-5), which is 1 here
+        face = cv2.blendLinear(warped, res, mk, 1 - mk)
+        roi = dst[self.y0:self.y1, self.x0:self.x1]
         out = dst.copy()
-        out[self.y0:self.y1, self.x0:self.x1] = np.clip(warped, 0, 255, out=warped).astype(np.uint8)
+        out[self.y0:self.y1, self.x0:self.x1] = cv2.blendLinear(face, roi, self.paste, self.keep)
         # Tells the encoder that only this box differs from dst (a photo: convert just the mouth).
         return PatchedFrame.of(out, dst, (self.x0, self.y0, self.x1, self.y1))
