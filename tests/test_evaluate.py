@@ -70,9 +70,13 @@ def test_evaluate_writes_report(setup, tmp_path):
     assert s["still"]["id_ssim"] == pytest.approx(1.0)
     assert set(res["by_group"]) == {"unseen speakers"}  # nothing is in train here, so no speaker was trained on
     assert len(res["calibration"]) == 15  # 5 conditions x (dist at 0, LSE-D, LSE-C)
+    wins = res["calibration_real_wins"]
+    assert set(wins) == {"audio shifted 0.5 s", "audio shifted 1 s", "still face", "another clip's audio"}
+    assert all(0 <= w <= 2 for w in wins.values())
     report = (out / "report.md").read_text()
     assert "## Calibration" in report and "| still |" in report and "| gen |" in report
     assert "Ranked by LSE-D (best first): " in report
+    assert f"| still face | {res['calibration']['still face']:.3f} | {wins['still face']}/2 clips |" in report
     assert json.loads((out / "metrics.json").read_text())["split"] == "test"
     assert (out / "metrics.png").stat().st_size > 1000
     assert list((out / "sheets").glob("*.jpg"))

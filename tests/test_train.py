@@ -126,6 +126,25 @@ def _cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "talkingface.cli", *args], capture_output=True, text=True, **kw)
 
 
+def test_freeze_motion_keeps_stage_0_motion_and_trains_the_renderer(corpus, tmp_path):
+    """With loss.freeze_motion the audio -> motion half (and its batch-norm statistics) ends as the
+    motion warm-up left it, while the renderer keeps learning."""
+    from talkingface.inference import load_generator
+
+    def run(steps, name):
+        cfg = load_config(TrainConfig, None, _overrides(
+            corpus, f"steps={steps}", "loss.motion_steps=2", "loss.motion_batch_size=2", "loss.freeze_motion=true",
+            "loss.adv_start=3", "val_every=100", "ckpt_every=100", "log_every=1"))
+        return load_generator(Path(train(cfg, tmp_path / name, progress=False)) / "generator.pt")[0]
+
+    warm, full = run(2, "warm"), run(5, "full")
+    w, f = warm.state_dict(), full.state_dict()
+    motion = [k for k in w if k.startswith(("audio_encoder.", "points_in.", "gru.", "motion_head."))]
+    assert motion and all(torch.equal(w[k], f[k]) for k in motion)
+    renderer = [k for k in w if k.startswith(("up", "out.", "fc.")) and w[k].is_floating_point()]
+    assert any(not torch.equal(w[k], f[k]) for k in renderer)
+
+
 def test_kill_and_resume_from_cli(corpus, tmp_path):
     run = tmp_path / "killed"
     sets = [x for o in _overrides(corpus, "steps=100000", "ckpt_every=2", "log_every=1", "val_every=100000",
@@ -214,7 +233,7 @@ def test_ddp_two_ranks_stay_in_sync(corpus, tmp_path, kind):
     run = tmp_path / "ddp"
     extra = ["steps=3", "log_every=1", "val_every=3", "ckpt_every=3", "threads=2"]
     # generator: step 1 is a motion-only step (stage 0), step 2 plain, step 3 adversarial
-    extra += ["loss.motion_steps=1", "loss.motion_batch_size=2", "loss.adv_start=2"] if kind == "generator" else ['kind="sync"', "sync.width=8", "sync.audio.width=8",
+    extra += ["loss.motion_steps=1", "loss.motion_batch_size=2", "loss.adv_start=2", "loss.freeze_motion=true"] if kind == "generator" else ['kind="sync"', "sync.width=8", "sync.audio.width=8",
                                                                "batch_size=4"]
     sets = [x for o in _overrides(corpus, *extra) for x in ("--set", o)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -213,6 +213,10 @@ class LossConfig:
     # Stage 0: the audio -> motion half alone (landmark loss, no rendering) with big batches.
     motion_steps: int = 0
     motion_batch_size: int = 64
+    # Keep the audio -> motion half as stage 0 left it: trained alone it follows unseen voices
+    # better than after the renderer's losses (one speaker's pixels, the critics) have pulled on it
+    # (scripts/motion_probe.py). Only the renderer trains after stage 0.
+    freeze_motion: bool = False
     adv_start: int = 1000
     sync_start: int = 1500
 

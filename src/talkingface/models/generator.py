@@ -89,6 +89,12 @@ class Generator(nn.Module):
         with torch.no_grad():  # start as "copy the warped photo": mask ~ 1
             self.out[-1].bias.copy_(torch.tensor([0.0, 0.0, 4.0, 0.0, 0.0, 0.0]))
 
+    def motion_parameters(self) -> list[nn.Parameter]:
+        """The parameters only the audio -> motion half uses (the identity encoder, which the
+        renderer uses too, is not among them)."""
+        mods = [self.audio_encoder, self.points_in, self.gru if self.cfg.recurrent else self.frame_mlp, self.motion_head]
+        return [p for m in mods for p in m.parameters()]
+
     # ------------------------------------------------------------------------------------------
     def encode_reference(self, ref: torch.Tensor, ref_points: torch.Tensor) -> dict:
         """What the generator needs from the reference photo, computed once per clip/stream.

@@ -376,7 +376,10 @@ class GeneratorTask:
         lc = self.cfg.loss
         adv = step >= lc.adv_start and (lc.frame_adv > 0 or lc.seq_adv > 0)
         use_sync = self.expert is not None and step >= lc.sync_start
+        frozen = lc.freeze_motion and lc.motion_steps > 0
         self.g.train()
+        if frozen:
+            _bare(self.g).audio_encoder.eval()  # its batch-norm statistics stay those of stage 0
         out = self.g(batch["mel"], batch["ref"], batch["ref_points"])
         fake = out["lower"]  # (B, T, 3, S/2, S)
         real = lower_half(batch["target"])
@@ -398,6 +401,9 @@ class GeneratorTask:
             m["g_sync"] = ls.item()
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
+        if frozen:  # gradients still flow (DDP expects every parameter's), they are just not applied
+            for p in _bare(self.g).motion_parameters():
+                p.grad = None
         self.opt_g.step()
         m["loss_g"] = loss.item()
         if adv:
