@@ -45,8 +45,8 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("GLOG_minloglevel", "2")
     import av
-
     from generate_speed import make_inputs
+
     from talkingface import api, media
 
     with tempfile.TemporaryDirectory() as d:

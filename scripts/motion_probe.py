@@ -96,7 +96,6 @@ def main() -> None:
             m = g.motion(b["mel"], enc)
             loss = F.l1_loss(m["points"], b["points"])
             if args.phoneme_aux > 0:
-                n, t = b["mel"].shape[:2]
                 feats = g.audio_encoder(b["mel"].flatten(0, 1))  # (N*T, Da): computed again, cheap next to the GRU batch
                 ph = b["phonemes"].flatten()
                 keep = ph >= 0

@@ -205,10 +205,9 @@ def test_sync_expert_then_generator_with_sync_critic(corpus, tmp_path):
 def test_lip_reader_trains_and_reads(corpus, tmp_path):
     """kind = "lipread": the viseme reader trains on the corpus's phoneme labels, validates on
     whole clips and exports a checkpoint that predicts one viseme per frame."""
-    from talkingface.models.lip_reader import LipReader
     from talkingface.config import LipReaderConfig
+    from talkingface.models.lip_reader import LipReader, clip_visemes
     from talkingface.training.checkpoint import load_model
-    from talkingface.models.lip_reader import clip_visemes
     from talkingface.training.trainer import viseme_targets
 
     cfg = load_config(TrainConfig, None, _overrides(
