@@ -5,10 +5,14 @@ on 2 cores) on the training selection, then runs every clip of a held-out split 
 face frame's landmarks and its own audio, and prints the correlation of the predicted inner-lip
 gap with the real one (from the corpus landmarks), for unseen sentences of trained speakers and for
 unseen speakers, next to the correlation of speech loudness with the real gap. ``--checkpoint``
-probes a trained generator's motion half instead of training one.
+probes a trained generator's motion half instead of training one; with ``--render`` it also renders
+every clip and measures, on landmarks tracked on the rendered crops, how faithfully the renderer
+draws the motion it was given (rendered gap vs the model's own predicted gap) and how well the
+whole chain follows the real mouth (landmarks tracked the same way on the real crops). Amplitudes
+(standard deviation of the generated gap over the real one's) show under-articulation.
 
-    python scripts/motion_probe.py --steps 1500 [--phoneme-aux 0.1] [--seed 0]
-    python scripts/motion_probe.py --checkpoint src/talkingface/assets/talkingface.pt
+    python scripts/motion_probe.py --steps 1500 [--phoneme-aux 0.1] [--seed 0] [--set audio.lifter=20]
+    python scripts/motion_probe.py --checkpoint src/talkingface/assets/talkingface.pt [--render]
 """
 
 from __future__ import annotations
@@ -24,17 +28,23 @@ import torch
 import torch.nn.functional as F
 
 from talkingface.audio import loudness
-from talkingface.config import DataConfig, GeneratorConfig, config_from_json
+from talkingface.config import (
+    DataConfig,
+    GeneratorConfig,
+    config_from_json,
+    load_config,
+)
 from talkingface.data.corpus import read_manifest
 from talkingface.data.dataset import WindowSampler, first_face, load_clips
-from talkingface.evaluation.metrics import pearson
-from talkingface.inference import load_generator
+from talkingface.evaluation.evaluate import detect_landmarks
+from talkingface.evaluation.metrics import mouth_curves, pearson
+from talkingface.inference import generate_crops, load_generator
 from talkingface.models.generator import Generator
 from talkingface.phonemes import PHONEMES
 from talkingface.training.trainer import mouth_open_from_points
 
 
-def probe(g: Generator, clips, rows, train_speakers) -> dict:
+def probe(g: Generator, clips, rows, train_speakers, render: bool = False) -> dict:
     g.eval()
     res = defaultdict(list)
     with torch.no_grad():
@@ -47,7 +57,18 @@ def probe(g: Generator, clips, rows, train_speakers) -> dict:
             grp = "unseen sentences" if r["speaker"] in train_speakers else "unseen speakers"
             res[grp].append(pearson(pred[ok], real[ok]))
             res[grp + " loudness"].append(pearson(loudness(c.audio, len(pred))[ok], real[ok]))
-    return {k: float(np.mean(v)) for k, v in res.items()} | {k + " n": len(v) for k, v in res.items() if "loud" not in k}
+            # Under-articulation: how far the predicted gap swings, relative to the real one (1 = as far).
+            res[grp + " amplitude"].append(float(pred[ok].std() / max(real[ok].std(), 1e-9)))
+            if render:
+                crops = np.stack([x for x, _ in generate_crops(g, c.crops[ri].permute(1, 2, 0).numpy(),
+                                                               c.points[ri].numpy(), c.mel.float())])
+                drawn = mouth_curves(detect_landmarks(crops))["opening"]  # (T,), NaN where not tracked
+                shown = mouth_curves(detect_landmarks(c.crops.permute(0, 2, 3, 1).numpy()))["opening"]
+                seen = ok & np.isfinite(drawn) & np.isfinite(shown)
+                res[grp + " rendered vs own motion"].append(pearson(drawn[seen], pred[seen]))
+                res[grp + " rendered vs real"].append(pearson(drawn[seen], shown[seen]))
+                res[grp + " rendered amplitude"].append(float(drawn[seen].std() / max(shown[seen].std(), 1e-9)))
+    return {k: float(np.mean(v)) for k, v in res.items()} | {k + " n": len(v) for k, v in res.items() if k.startswith("unseen") and k.count(" ") == 1}
 
 
 def main() -> None:
@@ -56,6 +77,8 @@ def main() -> None:
     ap.add_argument("--selection", default="balanced-phoneme-240")
     ap.add_argument("--split", default="test")
     ap.add_argument("--checkpoint")
+    ap.add_argument("--render", action=argparse.BooleanOptionalAction, default=False,
+                    help="also render every clip and track landmarks on the result (minutes)")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--window", type=int, default=12)
@@ -64,6 +87,8 @@ def main() -> None:
                     help="weight of a per-frame phoneme classification loss on the audio features")
     ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="generator config override for the trained probe, e.g. audio.lifter=20")
     ap.add_argument("--out", help="append the result as a JSON line to this file")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
@@ -83,7 +108,7 @@ def main() -> None:
     else:
         chosen = set(json.loads((corpus / "selections" / f"{args.selection}.json").read_text())["clips"])
         train = load_clips(corpus, [r for r in rows if r["split"] == "train" and r["clip"] in chosen], cfg)
-        g = Generator(GeneratorConfig(motion_identity=False))
+        g = Generator(load_config(GeneratorConfig, None, ["motion_identity=false", *args.set]))
         head = torch.nn.Linear(g.cfg.audio.dim, len(PHONEMES))
         opt = torch.optim.Adam(g.motion_parameters() + list(head.parameters()), lr=args.lr, betas=(0.5, 0.999))
         sampler = WindowSampler(train, args.window, augment=args.augment)
@@ -105,7 +130,7 @@ def main() -> None:
             opt.step()
             if (step + 1) % 250 == 0:
                 print(f"step {step + 1} loss {loss.item():.4f} {time.time() - t0:.0f} s", flush=True)
-    res = probe(g, test, test_rows, train_speakers)
+    res = probe(g, test, test_rows, train_speakers, render=args.render)
     res = {"args": {k: v for k, v in vars(args).items() if k != "out"}, "seconds": round(time.time() - t0), **res}
     print(json.dumps(res))
     if args.out:

@@ -1,5 +1,6 @@
 """talkingface.audio checked against independent numpy/scipy references and real GRID speech."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from talkingface.audio import (
     LOG_FLOOR,
     audio_frame_features,
+    envelope_projection,
     frame_windows,
     log_mel,
     loudness,
@@ -242,3 +244,18 @@ def test_log_mel_in_blocks_equals_one_pass(grid_audio):
     whole = log_mel(grid_audio, CFG, block_frames=10**9)
     assert torch.equal(log_mel(grid_audio, CFG, block_frames=37), whole)
     assert whole.shape == (CFG.n_mels, len(grid_audio) // CFG.hop_length + 1)
+
+
+def test_envelope_projection_keeps_the_envelope_and_drops_pitch_harmonics():
+    """A projection (idempotent, symmetric) that keeps a smooth spectral tilt exactly and removes
+    most of a comb of harmonics spaced a few bands apart; all coefficients = identity."""
+    p = envelope_projection(80, 20)
+    torch.testing.assert_close(p @ p, p, atol=1e-5, rtol=0)
+    torch.testing.assert_close(p, p.T)
+    bands = torch.arange(80, dtype=torch.float32)
+    smooth = torch.cos(math.pi / 80 * (bands + 0.5) * 3)  # a DCT basis vector below the cut
+    torch.testing.assert_close(p @ smooth, smooth, atol=1e-5, rtol=0)
+    comb = torch.cos(2 * math.pi * bands / 4)  # harmonics every 4 bands
+    assert float((p @ comb).norm()) < 0.15 * float(comb.norm())
+    torch.testing.assert_close(envelope_projection(80, 80), torch.eye(80), atol=1e-5, rtol=0)
+

@@ -1,6 +1,7 @@
 """Shapes, initial behaviour, recurrent state carry and gradient flow of every model, and the loss
 terms. Tiny widths keep this fast on a CPU."""
 
+import dataclasses
 import math
 
 import pytest
@@ -53,6 +54,20 @@ def _mel(b, t):
 def test_audio_encoder_shape():
     enc = AudioEncoder(AudioEncoderConfig(dim=48, width=8))
     assert enc(torch.randn(3, 80, 35)).shape == (3, 48)
+
+
+def test_audio_encoder_lifter_ignores_pitch_detail():
+    """With ``lifter`` the encoder's output does not change when only fine spectral detail (above
+    the kept cepstral coefficients) changes; without it, it does. The fixed projection is not in
+    the state dict."""
+    fine = torch.cos(2 * math.pi * torch.arange(80.0) / 4)[None, :, None].expand(3, 80, 35)
+    mel = torch.randn(3, 80, 35)
+    for lifter, fine_matters in ((20, False), (0, True)):
+        enc = AudioEncoder(AudioEncoderConfig(dim=48, width=8, lifter=lifter)).eval()
+        with torch.no_grad():
+            d = float((enc(mel) - enc(mel + fine)).abs().max())
+        assert (d > 1e-3) == fine_matters, (lifter, d)
+        assert not any("envelope" in k for k in enc.state_dict())
 
 
 def test_identity_encoder_shapes():
@@ -213,6 +228,47 @@ def test_generator_draws_given_offsets():
     torch.testing.assert_close(out["points"], pts[:, None] + off)
     assert torch.equal(out["frames"][:, 0], still["frames"][:, 0])
     assert float((out["lower"][:, 2] - still["lower"][:, 2]).abs().max()) > 1e-3
+
+
+def test_use_offsets_picks_given_motion_per_window():
+    """``use_offsets`` draws the given motion only in the chosen windows; the others keep the
+    motion head's, and ``predicted_points`` is always the motion head's."""
+    g = Generator(TINY_G).eval()
+    _randomize_zero_init(g)
+    ref, pts = _ref(2)
+    mel = _mel(2, 3)
+    off = torch.full((2, 3, K, 2), 0.02)
+    with torch.no_grad():
+        mixed = g(mel, ref, pts, offsets=off, use_offsets=torch.tensor([True, False]))
+        given = g(mel, ref, pts, offsets=off)
+        own = g(mel, ref, pts)
+    torch.testing.assert_close(mixed["points"][0], pts[0, None] + off[0])
+    torch.testing.assert_close(mixed["points"][1], own["points"][1])
+    torch.testing.assert_close(mixed["predicted_points"], own["points"])
+    torch.testing.assert_close(mixed["lower"][0], given["lower"][0])
+    torch.testing.assert_close(mixed["lower"][1], own["lower"][1])
+
+
+def test_motion_conditioned_decoder_sees_only_the_motion():
+    """decoder_input="motion": with the drawn motion given, the rendered face does not depend on the
+    audio at all (no gradient reaches it: the GRU features stay out of the decoder); with "gru" it
+    does. Different motion still renders differently."""
+    ref, pts = _ref(1)
+    off = torch.zeros(1, 3, K, 2)
+    off[:, :, :, 1] = 0.02
+    for mode, audio_matters in (("motion", False), ("gru", True)):
+        g = Generator(dataclasses.replace(TINY_G, decoder_input=mode)).eval()
+        _randomize_zero_init(g)
+        mel = _mel(1, 3).requires_grad_(True)
+        a = g(mel, ref, pts, offsets=off)["lower"]
+        a.sum().backward()
+        reached = mel.grad is not None and float(mel.grad.abs().sum()) > 0
+        assert reached == audio_matters, mode
+        with torch.no_grad():
+            c = g(mel, ref, pts, offsets=2 * off)["lower"]
+        assert float((a.detach() - c).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match="decoder_input"):
+        Generator(dataclasses.replace(TINY_G, decoder_input="voice"))
 
 
 def test_gradients_reach_audio_identity_and_gru():

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from talkingface.config import DataConfig, TrainConfig, load_config
+from talkingface.data.dataset import WindowSampler
 from talkingface.data.prepare import prepare
 from talkingface.training.checkpoint import load_checkpoint
 from talkingface.training.trainer import train
@@ -143,6 +144,44 @@ def test_freeze_motion_keeps_stage_0_motion_and_trains_the_renderer(corpus, tmp_
     assert motion and all(torch.equal(w[k], f[k]) for k in motion)
     renderer = [k for k in w if k.startswith(("up", "out.", "fc.")) and w[k].is_floating_point()]
     assert any(not torch.equal(w[k], f[k]) for k in renderer)
+
+
+def test_teacher_motion_draws_the_real_landmark_motion(corpus, tmp_path, monkeypatch):
+    """loss.teacher_motion=1: every renderer window draws the real landmark offsets (target points
+    minus reference points), not the motion head's; 0 passes no offsets at all."""
+    from talkingface.models.generator import Generator
+
+    seen = []
+    forward = Generator.forward
+
+    def spy(self, mel, ref, ref_points=None, *args, **kw):
+        seen.append((kw.get("offsets"), kw.get("use_offsets"), ref_points))
+        return forward(self, mel, ref, ref_points, *args, **kw)
+
+    monkeypatch.setattr(Generator, "forward", spy)
+    monkeypatch.setattr("talkingface.training.trainer.GeneratorTask.validate", lambda *a: {})
+    monkeypatch.setattr("talkingface.training.trainer.GeneratorTask.samples", lambda *a: None)
+    real = []
+    sample = WindowSampler.sample
+
+    def sample_spy(self, *a, **kw):
+        real.append(sample(self, *a, **kw))
+        return real[-1]
+
+    monkeypatch.setattr(WindowSampler, "sample", sample_spy)
+    for frac in (1.0, 0.0):
+        seen.clear(), real.clear()
+        cfg = load_config(TrainConfig, None, _overrides(
+            corpus, "steps=2", f"loss.teacher_motion={frac}", "val_every=100", "ckpt_every=100", "log_every=1"))
+        train(cfg, tmp_path / f"teach{frac}", progress=False)
+        assert len(seen) == 2
+        for (off, use, ref_points), batch in zip(seen, real):
+            if frac:
+                assert bool(use.all())
+                torch.testing.assert_close(off, batch["points"] - batch["ref_points"][:, None])
+                assert off.abs().max() > 0
+            else:
+                assert off is None and use is None
 
 
 def test_kill_and_resume_from_cli(corpus, tmp_path):

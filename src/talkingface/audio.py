@@ -74,12 +74,26 @@ def log_mel(audio: torch.Tensor | np.ndarray, cfg: AudioConfig = AudioConfig(), 
     return out.reshape(*shape, cfg.n_mels, out.shape[-1])
 
 
+def dct_basis(n: int, k0: int, k1: int) -> torch.Tensor:
+    """Rows k0..k1-1 of the orthonormal DCT-II over n bands: (k1 - k0, n)."""
+    k = torch.arange(k0, k1, dtype=torch.float32)[:, None]
+    basis = torch.cos(math.pi / n * (torch.arange(n, dtype=torch.float32)[None] + 0.5) * k) * math.sqrt(2.0 / n)
+    if k0 == 0:
+        basis[0] /= math.sqrt(2.0)
+    return basis
+
+
 def mfcc(logmel: torch.Tensor, n_coeffs: int = 12) -> torch.Tensor:
     """The paper's features: DCT-II of log-mel over bands, C0 (loudness) dropped. (..., n_coeffs, M)."""
-    n = logmel.shape[-2]
-    k = torch.arange(1, n_coeffs + 1, dtype=torch.float32)[:, None]
-    basis = torch.cos(math.pi / n * (torch.arange(n, dtype=torch.float32)[None] + 0.5) * k)
-    return torch.matmul(basis.to(logmel) * math.sqrt(2.0 / n), logmel)
+    return torch.matmul(dct_basis(logmel.shape[-2], 1, n_coeffs + 1).to(logmel), logmel)
+
+
+def envelope_projection(n_mels: int, n_coeffs: int) -> torch.Tensor:
+    """(n_mels, n_mels) matrix that keeps the first n_coeffs cepstral coefficients of a log-mel
+    frame and maps them back to bands (liftering): the smooth spectral envelope, which the vocal
+    tract (and so the mouth) shapes, without the pitch harmonics, which mostly tell voices apart."""
+    b = dct_basis(n_mels, 0, n_coeffs)
+    return b.T @ b
 
 
 def normalize_utterance(feats: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:

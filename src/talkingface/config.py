@@ -64,6 +64,9 @@ class AudioEncoderConfig:
     n_mels: int = 80
     dim: int = 256
     width: int = 32
+    # > 0: the encoder sees only the first `lifter` cepstral coefficients of each log-mel frame,
+    # mapped back to bands (audio.envelope_projection): spectral envelope without pitch harmonics.
+    lifter: int = 0
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,11 @@ class GeneratorConfig:
     # "warp": flow + mask + residual over the photo's own pixels (default); "paint": the decoder
     # paints the lower face from features alone (the paper's decoder), kept to measure the choice.
     render: str = "warp"
+    # What the decoder is conditioned on besides the photo: "gru", the GRU features (v1-v3: the
+    # decoder can open the mouth from the voice on its own, and follows its own landmark motion at
+    # only 0.53-0.83 correlation on unseen speakers), or "motion", the predicted landmark offsets
+    # alone, so the renderer draws exactly the motion it is given and sees nothing of the voice.
+    decoder_input: str = "gru"
     n_points: int = 69  # len(face.LOWER_FACE)
     flow_sigma: float = 0.035  # Gaussian radius (fraction of crop size) spreading landmark motion
     max_point_offset: float = 0.12  # landmarks move at most this fraction of the crop per frame
@@ -217,6 +225,11 @@ class LossConfig:
     # better than after the renderer's losses (one speaker's pixels, the critics) have pulled on it
     # (scripts/motion_probe.py). Only the renderer trains after stage 0.
     freeze_motion: bool = False
+    # Fraction of the renderer's training windows drawn from the REAL landmark motion instead of
+    # the predicted one (teacher forcing): there the L1 target matches the motion drawn, so the
+    # renderer learns to draw whatever motion it is given; elsewhere the predicted motion keeps the
+    # critics on what inference produces. 0 = always the prediction (v1-v3).
+    teacher_motion: float = 0.0
     adv_start: int = 1000
     sync_start: int = 1500
 

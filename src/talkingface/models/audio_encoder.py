@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..audio import envelope_projection
 from ..config import AudioEncoderConfig
 from .blocks import ResBlock, conv_block
 
@@ -29,7 +30,12 @@ class AudioEncoder(nn.Module):
             nn.AdaptiveAvgPool2d(1),
         )
         self.fc = nn.Linear(8 * w, cfg.dim)
+        self.lifter = cfg.lifter
+        if cfg.lifter:  # fixed, rebuilt from the config: not stored in checkpoints
+            self.register_buffer("envelope", envelope_projection(cfg.n_mels, cfg.lifter), persistent=False)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """mel: (N, n_mels, steps) -> (N, dim)."""
+        if self.lifter:
+            mel = torch.matmul(self.envelope.to(mel.dtype), mel)  # (N, n_mels, steps)
         return self.fc(self.net(mel[:, None]).flatten(1))

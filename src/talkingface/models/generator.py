@@ -77,6 +77,10 @@ class Generator(nn.Module):
         c = self.identity_encoder.channels  # [w, 2w, 4w, 8w] at S/2 .. S/16
         s = cfg.crop_size
         self.h0, self.w0 = s // 32, s // 16  # lower half at S/16 resolution
+        if cfg.decoder_input not in ("gru", "motion"):
+            raise ValueError(f"generator.decoder_input must be 'gru' or 'motion', got {cfg.decoder_input!r}")
+        if cfg.decoder_input == "motion":  # the landmark offsets, scaled to about [-1, 1], as the code
+            self.motion_code = nn.Sequential(nn.Linear(2 * cfg.n_points, cfg.hidden), nn.ReLU(inplace=True))
         self.fc = nn.Linear(cfg.hidden, c[3] * self.h0 * self.w0)
         # Each up stage: concat(previous, identity skip of the lower half [, flow0, warped ref]) -> conv.
         self.up3 = nn.Sequential(conv_block(c[3] * 2, c[2]), ResBlock(c[2]))  # at S/16 -> then x2
@@ -114,20 +118,27 @@ class Generator(nn.Module):
         return {"ref_points": ref_points, "points_feat": self.points_in((ref_points - 0.5).flatten(1))}
 
     def forward(self, mel: torch.Tensor, ref: torch.Tensor | dict, ref_points: torch.Tensor | None = None,
-                state: torch.Tensor | None = None, crops: bool = True, offsets: torch.Tensor | None = None) -> dict:
+                state: torch.Tensor | None = None, crops: bool = True, offsets: torch.Tensor | None = None,
+                use_offsets: torch.Tensor | None = None) -> dict:
         """mel: (B, T, n_mels, steps) per-frame audio windows; ref: (B, 3, S, S) or an encoded
         reference; ref_points: (B, K, 2). Returns frames (B, T, 3, S, S), lower (B, T, 3, S/2, S),
         points (B, T, K, 2), flow, mask, residual and the recurrent state for the next chunk.
         ``crops=False`` leaves out frames and lower (the photo pipeline pastes flow, mask and
         residual into the full-resolution photo itself). ``offsets`` (B, T, K, 2): draw this
-        landmark motion instead of the motion head's (baselines that move the lips by a rule)."""
+        landmark motion instead of the motion head's (baselines that move the lips by a rule; the
+        real motion when training the renderer), for the windows where ``use_offsets`` (B,) is True
+        (default: all). ``points`` is the motion drawn, ``predicted_points`` the motion head's."""
         enc = ref if isinstance(ref, dict) else self.encode_reference(ref, ref_points)
         b, t = mel.shape[:2]
         m = self.motion(mel, enc, state)
+        predicted = m["points"]
         if offsets is not None:
+            if use_offsets is not None:
+                offsets = torch.where(use_offsets.view(b, 1, 1, 1), offsets, m["offsets"])
             m["offsets"], m["points"] = offsets, enc["ref_points"][:, None] + offsets
         out = self._render(m["h"].flatten(0, 1), enc, m["points"].flatten(0, 1), m["offsets"].flatten(0, 1), b, t, crops)
         out["points"] = m["points"]
+        out["predicted_points"] = predicted
         out["state"] = m["state"]
         return out
 
@@ -184,6 +195,8 @@ class Generator(nn.Module):
             g = base[None] + flow.permute(0, 2, 3, 1) * scale
             return F.grid_sample(img, g, mode="bilinear", padding_mode="border", align_corners=True)
 
+        if self.cfg.decoder_input == "motion":
+            h = self.motion_code(off.flatten(1) / self.cfg.max_point_offset)  # (N, H)
         x = self.fc(h).view(n, -1, self.h0, self.w0)  # (N, 8w, S/32, S/16)
         x = cat_conv(self.up3, [x, sk[3]], [False, True], b, t)
         x = F.interpolate(x, scale_factor=2, mode="nearest")  # S/16

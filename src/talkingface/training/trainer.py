@@ -380,12 +380,19 @@ class GeneratorTask:
         self.g.train()
         if frozen:
             _bare(self.g).audio_encoder.eval()  # its batch-norm statistics stay those of stage 0
-        out = self.g(batch["mel"], batch["ref"], batch["ref_points"])
+        teach = None
+        if lc.teacher_motion > 0:
+            b = batch["mel"].shape[0]
+            teach = torch.rand(b) < lc.teacher_motion  # (B,); torch's RNG is in the checkpoint: resumable
+            real_off = batch["points"] - batch["ref_points"][:, None]  # (B, T, K, 2)
+            out = self.g(batch["mel"], batch["ref"], batch["ref_points"], offsets=real_off, use_offsets=teach)
+        else:
+            out = self.g(batch["mel"], batch["ref"], batch["ref_points"])
         fake = out["lower"]  # (B, T, 3, S/2, S)
         real = lower_half(batch["target"])
         m = {}
         loss_l1 = losses.l1(fake, real)
-        loss_pts = losses.l1(out["points"], batch["points"])
+        loss_pts = losses.l1(out["predicted_points"], batch["points"])
         loss = lc.l1 * loss_l1 + lc.points * loss_pts + lc.mask_tv * losses.total_variation(out["mask"])
         m.update(l1=loss_l1.item(), points=loss_pts.item())
         if adv:
