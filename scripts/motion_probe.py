@@ -8,8 +8,9 @@ unseen speakers, next to the correlation of speech loudness with the real gap. `
 probes a trained generator's motion half instead of training one; with ``--render`` it also renders
 every clip and measures, on landmarks tracked on the rendered crops, how faithfully the renderer
 draws the motion it was given (rendered gap vs the model's own predicted gap) and how well the
-whole chain follows the real mouth (landmarks tracked the same way on the real crops). Amplitudes
-(standard deviation of the generated gap over the real one's) show under-articulation.
+whole chain follows the real mouth (landmarks tracked the same way on the real crops), and the
+renderer's ceiling: the clip drawn from the real landmark motion instead of the predicted one.
+Amplitudes (standard deviation of the generated gap over the real one's) show under-articulation.
 
     python scripts/motion_probe.py --steps 1500 [--phoneme-aux 0.1] [--seed 0] [--set audio.lifter=20]
     python scripts/motion_probe.py --checkpoint src/talkingface/assets/talkingface.pt [--render]
@@ -38,7 +39,7 @@ from talkingface.data.corpus import read_manifest
 from talkingface.data.dataset import WindowSampler, first_face, load_clips
 from talkingface.evaluation.evaluate import detect_landmarks
 from talkingface.evaluation.metrics import mouth_curves, pearson
-from talkingface.inference import generate_crops, load_generator
+from talkingface.inference import generate_crops, load_generator, tensor_to_crops
 from talkingface.models.generator import Generator
 from talkingface.phonemes import PHONEMES
 from talkingface.training.trainer import mouth_open_from_points
@@ -68,6 +69,13 @@ def probe(g: Generator, clips, rows, train_speakers, render: bool = False) -> di
                 res[grp + " rendered vs own motion"].append(pearson(drawn[seen], pred[seen]))
                 res[grp + " rendered vs real"].append(pearson(drawn[seen], shown[seen]))
                 res[grp + " rendered amplitude"].append(float(drawn[seen].std() / max(shown[seen].std(), 1e-9)))
+                # The renderer's ceiling: the same clip drawn from the REAL landmark motion.
+                ref, ref_pts = c.crops[ri: ri + 1].float() / 127.5 - 1, c.points[ri: ri + 1].float()
+                out = g(c.mel.float()[None], ref, ref_pts, offsets=(c.points.float() - ref_pts)[None])
+                taught = mouth_curves(detect_landmarks(np.stack(list(tensor_to_crops(out["frames"][0])))))["opening"]
+                seen = ok & np.isfinite(taught) & np.isfinite(shown)
+                res[grp + " real motion rendered vs real"].append(pearson(taught[seen], shown[seen]))
+                res[grp + " real motion rendered amplitude"].append(float(taught[seen].std() / max(shown[seen].std(), 1e-9)))
     return {k: float(np.mean(v)) for k, v in res.items()} | {k + " n": len(v) for k, v in res.items() if k.startswith("unseen") and k.count(" ") == 1}
 
 
