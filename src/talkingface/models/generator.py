@@ -8,6 +8,8 @@ Per frame: audio encoder(0.35 s log-mel) + identity vector + the reference's low
   2. decoder (U-Net over the identity encoder's skips): a dense backward flow (initialised by
      spreading the landmark motion with Gaussian weights, then refined), a blend mask, and an RGB
      residual for what warping cannot make (mouth interior: teeth, tongue, dark cavity).
+With ``decoder_input = "motion"`` the decoder reads the landmark offsets instead of the GRU
+features: the renderer then draws exactly the motion it is given and hears nothing of the voice.
 Output lower face = mask * warp(reference, flow) + (1 - mask) * residual. Only the lower half of the
 aligned crop is generated: the upper face is the photo itself, which keeps identity and rules out
 flicker there.

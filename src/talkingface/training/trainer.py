@@ -380,7 +380,6 @@ class GeneratorTask:
         self.g.train()
         if frozen:
             _bare(self.g).audio_encoder.eval()  # its batch-norm statistics stay those of stage 0
-        teach = None
         if lc.teacher_motion > 0:
             b = batch["mel"].shape[0]
             teach = torch.rand(b) < lc.teacher_motion  # (B,); torch's RNG is in the checkpoint: resumable
