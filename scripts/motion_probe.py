@@ -57,7 +57,11 @@ def probe(g: Generator, clips, rows, train_speakers, render: bool = False) -> di
             ok = c.found.numpy().astype(bool)
             grp = "unseen sentences" if r["speaker"] in train_speakers else "unseen speakers"
             res[grp].append(pearson(pred[ok], real[ok]))
+            if grp == "unseen speakers":  # 8 clips of 3 people: say who the mean is made of
+                res[f"speaker {r['speaker']}"].append(res[grp][-1])
             res[grp + " loudness"].append(pearson(loudness(c.audio, len(pred))[ok], real[ok]))
+            if grp == "unseen speakers":
+                res[f"speaker {r['speaker']} loudness"].append(res[grp + " loudness"][-1])
             # Under-articulation: how far the predicted gap swings, relative to the real one (1 = as far).
             res[grp + " amplitude"].append(float(pred[ok].std() / max(real[ok].std(), 1e-9)))
             if render:
