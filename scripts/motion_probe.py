@@ -45,41 +45,49 @@ from talkingface.phonemes import PHONEMES
 from talkingface.training.trainer import mouth_open_from_points
 
 
+def tracked_opening(crops: np.ndarray) -> np.ndarray:
+    """(T, S, S, 3) uint8 crops -> inner-lip gap (T,) from landmarks tracked on them (NaN where none)."""
+    return mouth_curves(detect_landmarks(crops))["opening"]
+
+
+def amplitude(gen: np.ndarray, real: np.ndarray) -> float:
+    """How far a generated gap swings relative to the real one (1 = as far; < 1 = under-articulated)."""
+    return float(gen.std() / max(real.std(), 1e-9))
+
+
 def probe(g: Generator, clips, rows, train_speakers, render: bool = False) -> dict:
     g.eval()
     res = defaultdict(list)
     with torch.no_grad():
         for c, r in zip(clips, rows):
             ri = first_face(c)
-            enc = g.encode_motion_reference(c.crops[ri: ri + 1].float() / 127.5 - 1, c.points[ri: ri + 1].float())
+            ref, ref_pts = c.crops[ri: ri + 1].float() / 127.5 - 1, c.points[ri: ri + 1].float()
+            enc = g.encode_motion_reference(ref, ref_pts)
             pred = mouth_open_from_points(g.motion(c.mel.float()[None], enc)["points"][0]).numpy()
             real = mouth_open_from_points(c.points.float()).numpy()
             ok = c.found.numpy().astype(bool)
             grp = "unseen sentences" if r["speaker"] in train_speakers else "unseen speakers"
             res[grp].append(pearson(pred[ok], real[ok]))
+            res[grp + " loudness"].append(pearson(loudness(c.audio, len(pred))[ok], real[ok]))
             if grp == "unseen speakers":  # 8 clips of 3 people: say who the mean is made of
                 res[f"speaker {r['speaker']}"].append(res[grp][-1])
-            res[grp + " loudness"].append(pearson(loudness(c.audio, len(pred))[ok], real[ok]))
-            if grp == "unseen speakers":
                 res[f"speaker {r['speaker']} loudness"].append(res[grp + " loudness"][-1])
-            # Under-articulation: how far the predicted gap swings, relative to the real one (1 = as far).
-            res[grp + " amplitude"].append(float(pred[ok].std() / max(real[ok].std(), 1e-9)))
+            res[grp + " amplitude"].append(amplitude(pred[ok], real[ok]))
             if render:
                 crops = np.stack([x for x, _ in generate_crops(g, c.crops[ri].permute(1, 2, 0).numpy(),
                                                                c.points[ri].numpy(), c.mel.float())])
-                drawn = mouth_curves(detect_landmarks(crops))["opening"]  # (T,), NaN where not tracked
-                shown = mouth_curves(detect_landmarks(c.crops.permute(0, 2, 3, 1).numpy()))["opening"]
+                drawn = tracked_opening(crops)
+                shown = tracked_opening(c.crops.permute(0, 2, 3, 1).numpy())
                 seen = ok & np.isfinite(drawn) & np.isfinite(shown)
                 res[grp + " rendered vs own motion"].append(pearson(drawn[seen], pred[seen]))
                 res[grp + " rendered vs real"].append(pearson(drawn[seen], shown[seen]))
-                res[grp + " rendered amplitude"].append(float(drawn[seen].std() / max(shown[seen].std(), 1e-9)))
+                res[grp + " rendered amplitude"].append(amplitude(drawn[seen], shown[seen]))
                 # The renderer's ceiling: the same clip drawn from the REAL landmark motion.
-                ref, ref_pts = c.crops[ri: ri + 1].float() / 127.5 - 1, c.points[ri: ri + 1].float()
                 out = g(c.mel.float()[None], ref, ref_pts, offsets=(c.points.float() - ref_pts)[None])
-                taught = mouth_curves(detect_landmarks(np.stack(list(tensor_to_crops(out["frames"][0])))))["opening"]
+                taught = tracked_opening(np.stack(list(tensor_to_crops(out["frames"][0]))))
                 seen = ok & np.isfinite(taught) & np.isfinite(shown)
                 res[grp + " real motion rendered vs real"].append(pearson(taught[seen], shown[seen]))
-                res[grp + " real motion rendered amplitude"].append(float(taught[seen].std() / max(shown[seen].std(), 1e-9)))
+                res[grp + " real motion rendered amplitude"].append(amplitude(taught[seen], shown[seen]))
     return {k: float(np.mean(v)) for k, v in res.items()} | {k + " n": len(v) for k, v in res.items() if k.startswith("unseen") and k.count(" ") == 1}
 
 
