@@ -12,7 +12,7 @@ whole chain follows the real mouth (landmarks tracked the same way on the real c
 renderer's ceiling: the clip drawn from the real landmark motion instead of the predicted one.
 Amplitudes (standard deviation of the generated gap over the real one's) show under-articulation.
 
-    python scripts/motion_probe.py --steps 1500 [--phoneme-aux 0.1] [--seed 0] [--set audio.lifter=20]
+    python scripts/motion_probe.py --steps 1500 [--phoneme-aux 0.1] [--seed 0] [--speed 0.25] [--set audio.lifter=20]
     python scripts/motion_probe.py --checkpoint src/talkingface/assets/talkingface.pt [--render]
 """
 
@@ -38,7 +38,7 @@ from talkingface.config import (
 from talkingface.data.corpus import read_manifest
 from talkingface.data.dataset import WindowSampler, first_face, load_clips
 from talkingface.evaluation.evaluate import detect_landmarks
-from talkingface.evaluation.metrics import mouth_curves, pearson
+from talkingface.evaluation.metrics import curve_amplitude, mouth_curves, pearson
 from talkingface.inference import generate_crops, load_generator, tensor_to_crops
 from talkingface.models.generator import Generator
 from talkingface.phonemes import PHONEMES
@@ -48,11 +48,6 @@ from talkingface.training.trainer import mouth_open_from_points
 def tracked_opening(crops: np.ndarray) -> np.ndarray:
     """(T, S, S, 3) uint8 crops -> inner-lip gap (T,) from landmarks tracked on them (NaN where none)."""
     return mouth_curves(detect_landmarks(crops))["opening"]
-
-
-def amplitude(gen: np.ndarray, real: np.ndarray) -> float:
-    """How far a generated gap swings relative to the real one (1 = as far; < 1 = under-articulated)."""
-    return float(gen.std() / max(real.std(), 1e-9))
 
 
 def probe(g: Generator, clips, rows, train_speakers, render: bool = False) -> dict:
@@ -72,7 +67,7 @@ def probe(g: Generator, clips, rows, train_speakers, render: bool = False) -> di
             if grp == "unseen speakers":  # 8 clips of 3 people: say who the mean is made of
                 res[f"speaker {r['speaker']}"].append(res[grp][-1])
                 res[f"speaker {r['speaker']} loudness"].append(res[grp + " loudness"][-1])
-            res[grp + " amplitude"].append(amplitude(pred[ok], real[ok]))
+            res[grp + " amplitude"].append(curve_amplitude(pred[ok], real[ok]))
             if render:
                 crops = np.stack([x for x, _ in generate_crops(g, c.crops[ri].permute(1, 2, 0).numpy(),
                                                                c.points[ri].numpy(), c.mel.float())])
@@ -81,13 +76,13 @@ def probe(g: Generator, clips, rows, train_speakers, render: bool = False) -> di
                 seen = ok & np.isfinite(drawn) & np.isfinite(shown)
                 res[grp + " rendered vs own motion"].append(pearson(drawn[seen], pred[seen]))
                 res[grp + " rendered vs real"].append(pearson(drawn[seen], shown[seen]))
-                res[grp + " rendered amplitude"].append(amplitude(drawn[seen], shown[seen]))
+                res[grp + " rendered amplitude"].append(curve_amplitude(drawn[seen], shown[seen]))
                 # The renderer's ceiling: the same clip drawn from the REAL landmark motion.
                 out = g(c.mel.float()[None], ref, ref_pts, offsets=(c.points.float() - ref_pts)[None])
                 taught = tracked_opening(np.stack(list(tensor_to_crops(out["frames"][0]))))
                 seen = ok & np.isfinite(taught) & np.isfinite(shown)
                 res[grp + " real motion rendered vs real"].append(pearson(taught[seen], shown[seen]))
-                res[grp + " real motion rendered amplitude"].append(amplitude(taught[seen], shown[seen]))
+                res[grp + " real motion rendered amplitude"].append(curve_amplitude(taught[seen], shown[seen]))
     return {k: float(np.mean(v)) for k, v in res.items()} | {k + " n": len(v) for k, v in res.items() if k.startswith("unseen") and k.count(" ") == 1}
 
 
@@ -106,6 +101,7 @@ def main() -> None:
     ap.add_argument("--phoneme-aux", type=float, default=0.0,
                     help="weight of a per-frame phoneme classification loss on the audio features")
     ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--speed", type=float, default=0.0, help="speaking-rate perturbation (TrainConfig.augment_speed)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="generator config override for the trained probe, e.g. audio.lifter=20")
@@ -131,7 +127,7 @@ def main() -> None:
         g = Generator(load_config(GeneratorConfig, None, ["motion_identity=false", *args.set]))
         head = torch.nn.Linear(g.cfg.audio.dim, len(PHONEMES))
         opt = torch.optim.Adam(g.motion_parameters() + list(head.parameters()), lr=args.lr, betas=(0.5, 0.999))
-        sampler = WindowSampler(train, args.window, augment=args.augment)
+        sampler = WindowSampler(train, args.window, augment=args.augment, speed=args.speed)
         rng = np.random.default_rng(args.seed)
         for step in range(args.steps):
             g.train()

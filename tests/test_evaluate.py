@@ -22,7 +22,7 @@ from talkingface.config import (
     SyncExpertConfig,
 )
 from talkingface.data.prepare import prepare
-from talkingface.evaluation.evaluate import evaluate, evaluate_stills, stills_report
+from talkingface.evaluation.evaluate import checkpoint_systems, evaluate, evaluate_stills, stills_report
 from talkingface.media import read_audio, read_video
 from talkingface.models.generator import Generator
 from talkingface.models.lip_reader import LipReader
@@ -46,7 +46,11 @@ def setup(tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     gcfg = GeneratorConfig(audio=AudioEncoderConfig(width=8), identity=IdentityEncoderConfig(width=8), hidden=32)
-    export_model(models / "gen.pt", "generator", Generator(gcfg), gcfg)
+    g = Generator(gcfg)
+    with torch.no_grad():  # move the zero-initialised motion head off zero, so the lips move (articulation)
+        for p in g.motion_head[-1].parameters():
+            p.normal_(0, 0.05)
+    export_model(models / "gen.pt", "generator", g, gcfg)
     scfg = SyncExpertConfig(width=8, dim=32, audio=AudioEncoderConfig(width=8))
     export_model(models / "sync.pt", "sync", SyncExpert(scfg), scfg)
     lcfg = LipReaderConfig(width=8)
@@ -58,12 +62,14 @@ def test_evaluate_writes_report(setup, tmp_path):
     corpus, models = setup
     out = tmp_path / "ev"
     res = evaluate([str(models / "gen.pt")], corpus, "test", models / "sync.pt", out, progress=False,
-                   lip_reader=models / "reader.pt")
+                   lip_reader=models / "reader.pt", articulations=(1.0, 2.0))
     assert sorted(res["clips"]) == ["s1/bbaf2n", "u01/brbk7n"]
     s = res["summary"]
-    assert {"real", "still", "gen", "gen (cross-audio)"} <= set(s)
-    for key in ("psnr", "ssim", "lmd_px", "open_corr", "lse_d", "lse_c", "jitter", "id_ssim", "viseme_acc"):
+    assert {"real", "still", "gen", "gen (cross-audio)", "gen x2", "gen x2 (cross-audio)"} <= set(s)
+    for key in ("psnr", "ssim", "lmd_px", "open_corr", "open_amp", "lse_d", "lse_c", "jitter", "id_ssim", "viseme_acc"):
         assert np.isfinite(s["gen"][key]), key
+    assert s["gen x2"]["psnr"] != s["gen"]["psnr"]  # the x2 row is generated with twice the motion
+    assert s["still"]["open_amp"] < 0.2  # a repeated frame barely moves (landmark noise only)
     assert 0.0 <= s["real"]["viseme_acc"] <= 1.0  # the s1 clip has phoneme labels from its .align
     assert res["sync_by_viseme"]["real"] and (out / "sync_by_viseme.png").is_file()
     assert s["still"]["jitter"] == 0.0  # a repeated frame does not move
@@ -74,7 +80,7 @@ def test_evaluate_writes_report(setup, tmp_path):
     assert set(wins) == {"audio shifted 0.5 s", "audio shifted 1 s", "still face", "another clip's audio"}
     assert all(0 <= w <= 2 for w in wins.values())
     report = (out / "report.md").read_text()
-    assert "## Calibration" in report and "| still |" in report and "| gen |" in report
+    assert "## Calibration" in report and "| still |" in report and "| gen |" in report and "| gen x2 |" in report
     assert "Ranked by LSE-D (best first): " in report
     assert f"| still face | {res['calibration']['still face']:.3f} | {wins['still face']}/2 clips |" in report
     assert json.loads((out / "metrics.json").read_text())["split"] == "test"
@@ -107,6 +113,13 @@ def test_stills_and_cli_errors(setup, tmp_path):
                         "--sync-model", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_checkpoint_systems_names_each_articulation():
+    got = checkpoint_systems(["a/model.pt", "runs/v4/generator.pt", "b/model.pt"], (1.0, 1.5))
+    assert got == [("model", "a/model.pt", 1.0), ("model x1.5", "a/model.pt", 1.5),
+                   ("v4", "runs/v4/generator.pt", 1.0), ("v4 x1.5", "runs/v4/generator.pt", 1.5),
+                   ("b/model.pt", "b/model.pt", 1.0), ("b/model.pt x1.5", "b/model.pt", 1.5)]
 
 
 def test_loudness_baseline_parts():

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from talkingface import api
-from talkingface.cli import main
+from talkingface.cli import build_parser, main
 from talkingface.config import (
     AudioEncoderConfig,
     GeneratorConfig,
@@ -133,6 +133,21 @@ def test_precision_bf16_stays_close_to_fp32_and_bad_values_fail(assets, model):
     assert compute_dtype("auto", "cuda") is None
     with pytest.raises(ValueError, match="precision"):
         api.generate(assets["face"], assets["short"], None, model=model, progress=False, precision="fp16")
+
+
+def test_articulation_moves_the_mouth_more_and_bad_values_fail(assets, model):
+    """A larger articulation changes the mouth region only; out-of-range values fail before any work."""
+    a = np.stack(api.generate(assets["face"], assets["short"], None, model=model, progress=False, precision="fp32"))
+    b = np.stack(api.generate(assets["face"], assets["short"], None, model=model, progress=False, precision="fp32",
+                              articulation=2.0))
+    assert np.abs(a.astype(int) - b).max() > 0
+    assert np.array_equal(b[:, :100], a[:, :100])  # the photo above the face is untouched
+    for bad in (-0.5, 3.5, float("nan")):
+        with pytest.raises(ValueError, match="articulation"):
+            api.generate(assets["face"], assets["short"], None, model=model, progress=False, articulation=bad)
+    assert build_parser().parse_args(gen_args(assets, None, None, "o.mp4", "--articulation", "1.5")).articulation == 1.5
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(gen_args(assets, None, None, "o.mp4", "--articulation", "9"))
 
 
 def test_on_progress_counts_every_frame(assets, model, tmp_path):

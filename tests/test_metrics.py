@@ -313,3 +313,17 @@ def test_curve_correlation_offset_undoes_a_recording_lag():
     assert M.curve_correlation(sound, real, offset=2) == pytest.approx(1.0)
     assert M.curve_correlation(sound, real, offset=-2) < 0.6
     assert M.curve_correlation(sound, real, offset=200) == 0.0
+
+
+def test_curve_amplitude_measures_swing_not_shape():
+    rng = np.random.default_rng(0)
+    real = np.convolve(rng.normal(size=60), np.ones(3), "same")
+    assert M.curve_amplitude(0.5 * real + 3.0, real) == pytest.approx(0.5)  # a damped, offset copy
+    assert M.curve_amplitude(-2 * real, real) == pytest.approx(2.0)
+    gappy = real.copy()
+    gappy[:10] = np.nan  # frames without a detected face are left out of both curves
+    assert M.curve_amplitude(0.5 * real, gappy) == pytest.approx(0.5)  # std over the same frames
+    assert M.curve_amplitude(np.zeros(60), real) == 0.0  # a still face
+    assert np.isnan(M.curve_amplitude(real, np.ones(60)))  # nothing to compare against
+    with pytest.raises(ValueError, match="length"):
+        M.curve_amplitude(real[:-1], real)

@@ -346,3 +346,29 @@ def test_losses_are_finite():
     assert math.isfinite(m["nce"]) and math.isfinite(m["bce"])
     loss.backward()
     assert e.logit_scale.grad is not None and torch.isfinite(e.logit_scale.grad)
+
+
+def test_articulation_scales_the_predicted_motion_only():
+    """``articulation`` multiplies the motion head's offsets from the reference shape (clamped to
+    the renderer's range) and so changes the drawn mouth; 1 is the plain forward pass; given
+    offsets are drawn unscaled; ``predicted_points`` stays the motion head's own."""
+    g = Generator(TINY_G).eval()
+    _randomize_zero_init(g)
+    ref, pts = _ref(2)
+    mel = _mel(2, 3)
+    lim = g.cfg.max_point_offset
+    with torch.no_grad():
+        own = g(mel, ref, pts)
+        one = g(mel, ref, pts, articulation=1.0)
+        two = g(mel, ref, pts, articulation=2.0)
+        zero = g(mel, ref, pts, articulation=0.0)
+        off = torch.full((2, 3, K, 2), 0.02)
+        given = g(mel, ref, pts, offsets=off, articulation=2.0)
+    moved = own["points"] - pts[:, None]
+    assert moved.abs().max() > 1e-3  # the randomised head does move the landmarks
+    torch.testing.assert_close(one["lower"], own["lower"])
+    torch.testing.assert_close(two["points"] - pts[:, None], (2 * moved).clamp(-lim, lim))
+    torch.testing.assert_close(two["predicted_points"], own["points"])
+    torch.testing.assert_close(zero["points"], pts[:, None].expand_as(zero["points"]))
+    assert (two["lower"] - own["lower"]).abs().max() > 1e-4
+    torch.testing.assert_close(given["points"], pts[:, None] + off)

@@ -311,3 +311,31 @@ def test_augmentation_keeps_shapes_and_moves_points_with_the_image():
         x, y = (b["ref_points"][i, 0] * s).round().long()
         lum = b["ref"][i].mean(0)
         assert lum[y, x] < lum.mean() - 0.5, i  # still on the dot after rotation/scale/flip
+
+
+def test_speed_perturbation_stretches_audio_windows_around_their_centre():
+    """warp_windows' rate stretches the time axis about the window's centre frame (the frame the
+    target mouth belongs to) and leaves the mel axis alone; in augment_batch, speed > 0 changes the
+    windows and takes its own random draws (speed=0 takes none: batches equal to the code before
+    the option, checked when it was added, so older runs replay bit-identically)."""
+    from talkingface.data.dataset import augment_batch, warp_windows
+
+    st = 35
+    ramp = torch.linspace(-1, 1, st).expand(2, 1, 80, st).clone()  # (N, T, n_mels, steps): value = time
+    one = torch.ones(2)
+    torch.testing.assert_close(warp_windows(ramp, one), ramp)
+    slow = warp_windows(ramp, one, torch.tensor([0.5, 2.0]))
+    torch.testing.assert_close(slow[0, 0, :, st // 2], ramp[0, 0, :, st // 2])  # the centre stays
+    torch.testing.assert_close(slow[0, 0, 0], 0.5 * ramp[0, 0, 0])  # half the time span: slower speech
+    assert slow[1, 0, 0, 0] == -1.0 and slow[1, 0, 0, -1] == 1.0  # twice the span, clamped at the edges
+    torch.testing.assert_close(slow[0, 0, 0], slow[0, 0, 40])  # every band the same
+
+    def draws(speed):
+        rng = np.random.default_rng(0)
+        b = {"ref": torch.zeros(2, 3, 16, 16), "ref_points": torch.full((2, 2, 2), 0.5),
+             "points": torch.full((2, 3, 2, 2), 0.5), "mel": torch.randn(2, 3, 80, st, generator=torch.Generator().manual_seed(0))}
+        augment_batch(b, rng, speed)
+        return b["mel"], rng.random()
+
+    (m0, r0), (m1, r1) = draws(0.0), draws(0.25)
+    assert r0 != r1 and not torch.equal(m0, m1)  # speed > 0 takes one more draw per sample and changes the windows

@@ -202,7 +202,7 @@ def prepare_inputs(face: str | Path, audio: str | Path, crop_size: int, fps: flo
 
 @torch.no_grad()
 def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, audio_cfg: AudioConfig,
-            precision: str = "auto") -> Iterator[np.ndarray]:
+            precision: str = "auto", articulation: float = 1.0) -> Iterator[np.ndarray]:
     from tqdm import tqdm
 
     from .compose import Compositor
@@ -221,7 +221,7 @@ def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, a
             t = min(chunk, p.n_frames - start)
             mel = frame_windows(p.mel, t, fps, audio_cfg, first=start)[None].to(model.device)  # (1, t, n_mels, steps)
             with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                out = g(mel, enc, state=state, crops=False)
+                out = g(mel, enc, state=state, crops=False, articulation=articulation)
             state = out["state"]
             flow, mask, res = (out[k][0].float().cpu().numpy() for k in ("flow", "mask", "residual"))
             for i in range(t):
@@ -233,6 +233,18 @@ def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, a
                     comp, comp_m = Compositor(frame.shape, m, s, feather), m
                 yield comp.compose(frame, p.src_image, p.src_matrix, flow[i], mask[i], res[i])
             bar.update(t)
+
+
+MAX_ARTICULATION = 3.0
+
+
+def check_articulation(articulation: float) -> float:
+    """``articulation`` scales the predicted lip and jaw motion: 1 as predicted, 0 a still mouth.
+    Beyond 3 the motion mostly hits the generator's ``max_point_offset`` clamp."""
+    a = float(articulation)
+    if not 0.0 <= a <= MAX_ARTICULATION:  # also refuses NaN
+        raise ValueError(f"articulation must be between 0 and {MAX_ARTICULATION:g}, not {articulation!r}")
+    return a
 
 
 def _prefetch(it: Iterator, depth: int = 8) -> Iterator:
@@ -275,14 +287,17 @@ def _prefetch(it: Iterator, depth: int = 8) -> Iterator:
 
 
 def stream(face: str | Path, audio: str | Path, model: Model | None = None, fps: float = 25.0, face_index: int = 0,
-           chunk: int = 50, progress: bool = False, precision: str = "auto") -> Iterator[np.ndarray]:
+           chunk: int = 50, progress: bool = False, precision: str = "auto", articulation: float = 1.0
+           ) -> Iterator[np.ndarray]:
     """Yield full-resolution RGB frames (H, W, 3) uint8 of ``face`` speaking ``audio``.
     ``precision``: "auto" (bfloat16 where the CPU computes it natively), "fp32" or "bf16"
-    (``inference.compute_dtype``)."""
+    (``inference.compute_dtype``). ``articulation``: how far the lips move, as a multiple of the
+    model's predicted motion (``check_articulation``; README "Articulation")."""
     model = model or load_model()
     compute_dtype(precision, model.device)  # a bad value fails now, not at the first frame
+    check_articulation(articulation)
     p = prepare_inputs(face, audio, model.config.crop_size, fps, face_index)
-    yield from _frames(model, p, fps, chunk, progress, AudioConfig(), precision)
+    yield from _frames(model, p, fps, chunk, progress, AudioConfig(), precision, articulation)
 
 
 def _counted(frames: Iterator[np.ndarray], total: int, on_progress: Callable[[int, int], None]) -> Iterator[np.ndarray]:
@@ -296,20 +311,21 @@ def _counted(frames: Iterator[np.ndarray], total: int, on_progress: Callable[[in
 def generate(face: str | Path, audio: str | Path, out: str | Path | None = None, model: Model | None = None,
              fps: float = 25.0, face_index: int = 0, chunk: int = 50, seed: int = 0, progress: bool = True,
              on_progress: Callable[[int, int], None] | None = None, crf: int = 18, preset: str | None = None,
-             precision: str = "auto"):
+             precision: str = "auto", articulation: float = 1.0):
     """Make the talking video. With ``out``: write an H.264 + AAC mp4 atomically and return its path;
     without: return the frames as a list (short clips only). ``progress`` shows a tqdm bar;
     ``on_progress(done, total)`` is called in the caller's thread as each frame is finished
     (written, with ``out``), from ``(0, total)`` once the inputs are read to ``(total, total)``.
     ``crf``/``preset``: H.264 quality and x264 preset of the mp4 (``media.write_video``);
-    ``precision``: as for ``stream``."""
+    ``precision``, ``articulation``: as for ``stream``."""
     torch.manual_seed(seed)  # the generator is deterministic; kept for future stochastic parts
     compute_dtype(precision, model.device if model else "cpu")
+    check_articulation(articulation)
     if out is not None:
         check_writable(out, inputs=[face, audio])
     model = model or load_model()
     p = prepare_inputs(face, audio, model.config.crop_size, fps, face_index)
-    frames = _frames(model, p, fps, chunk, progress, AudioConfig(), precision)
+    frames = _frames(model, p, fps, chunk, progress, AudioConfig(), precision, articulation)
     if out is None:
         return list(_counted(frames, p.n_frames, on_progress) if on_progress else frames)
     sound = read_audio(audio, OUTPUT_SAMPLE_RATE)

@@ -120,7 +120,8 @@ def cmd_generate(args) -> int:
 
     model = api.load_model(args.checkpoint, args.device)
     out = api.generate(args.face, args.audio, args.out, model=model, fps=args.fps, face_index=args.face_index,
-                       chunk=args.chunk, seed=args.seed, progress=not args.quiet, crf=args.crf, preset=args.preset, precision=args.precision)
+                       chunk=args.chunk, seed=args.seed, progress=not args.quiet, crf=args.crf, preset=args.preset, precision=args.precision,
+                       articulation=args.articulation)
     print(f"wrote {out}")
     return 0
 
@@ -146,11 +147,12 @@ def cmd_evaluate(args) -> int:
     if reader is None and Path(DEFAULT_LIP_READER).is_file():
         reader = DEFAULT_LIP_READER
     res = evaluate(args.checkpoint, args.corpus, args.split, args.sync_model, out, args.max_clips, progress=not args.quiet,
-                   lip_reader=reader or None)
+                   lip_reader=reader or None, articulations=tuple(args.articulation))
     if args.portraits and args.speech:
         from .evaluation.evaluate import evaluate_stills, stills_report
 
-        stills = evaluate_stills(args.checkpoint, args.portraits, args.speech, args.sync_model, out)
+        stills = evaluate_stills(args.checkpoint, args.portraits, args.speech, args.sync_model, out,
+                                 articulations=tuple(args.articulation))
         with open(out / "report.md", "a") as f:
             f.write(stills_report(stills))
     print((out / "report.md").read_text())
@@ -163,6 +165,15 @@ def _crf(text: str) -> int:
     if not 0 <= v <= 51:
         raise argparse.ArgumentTypeError(f"{v} is not in 0..51")
     return v
+
+
+def _articulation(text: str) -> float:
+    from .api import check_articulation
+
+    try:
+        return check_articulation(float(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="generator arithmetic: auto = bfloat16 where the CPU has bf16 matrix units (Intel AMX; "
                         "~1.7x faster, visually identical), else float32")
+    p.add_argument("--articulation", type=_articulation, default=1.0, metavar="0-3",
+                   help="how far the lips and jaw move, as a multiple of the predicted motion (default 1; "
+                        "README \"Articulation\" says what 1.5-2 does on unseen voices)")
     common(p, config=False)
     p.set_defaults(func=cmd_generate)
 
@@ -240,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lip-reader", help=f"viseme lip reader for the viseme_acc column (default: {DEFAULT_LIP_READER} "
                    "when present; '' = none)")
     p.add_argument("--max-clips", type=int, default=0, help="evaluate at most this many clips (0 = all)")
+    p.add_argument("--articulation", type=_articulation, nargs="+", default=[1.0], metavar="A",
+                   help="evaluate every checkpoint at each of these articulations (rows named 'NAME xA'; default 1)")
     p.add_argument("--portraits", help="folder of photos for the stills test (with --speech)")
     p.add_argument("--speech", help="folder of speech clips for the stills test")
     p.add_argument("-o", "--out", help="report folder (default runs/<time>-evaluate)")

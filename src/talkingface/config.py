@@ -249,6 +249,9 @@ class TrainConfig:
     lr_d: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
     augment: bool = True
+    # Speaking-rate perturbation of the audio windows (data/dataset.py augment_batch): 0.25 = rates
+    # 0.8-1.25x. 0 (off) keeps the random stream, and so runs made before it, unchanged.
+    augment_speed: float = 0.0
     threads: int = 2
     log_every: int = 25
     val_every: int = 250

@@ -78,9 +78,11 @@ class WindowSampler:
     mel (B, T, n_mels, steps), phonemes (B, T); and with ``negatives``: neg_mel (B, T, n_mels, steps),
     audio shifted by >= ``min_shift`` frames or taken from another clip."""
 
-    def __init__(self, clips: list[ClipTensors], window: int, augment: bool = True, min_shift: int = 3):
+    def __init__(self, clips: list[ClipTensors], window: int, augment: bool = True, min_shift: int = 3,
+                 speed: float = 0.0):
         self.window = window
         self.augment = augment
+        self.speed = speed  # speaking-rate perturbation of the audio windows (``augment_batch``)
         self.min_shift = min_shift
         self.clips = [c for c in clips if len(valid_starts(c, window))]
         if not self.clips:
@@ -142,7 +144,7 @@ class WindowSampler:
         if negatives:
             out["neg_mel"] = torch.stack(neg).float()
         if self.augment:
-            augment_batch(out, rng)
+            augment_batch(out, rng, self.speed)
         return out
 
     def _negative_mel(self, ci: int, s: int, rng) -> torch.Tensor:
@@ -168,8 +170,24 @@ def _take(mel: torch.Tensor, t0: int, w: int) -> torch.Tensor:
     return x
 
 
-def augment_batch(b: dict, rng: np.random.Generator) -> None:
-    """In place. One draw per sample, applied identically to its reference and its targets."""
+def warp_windows(m: torch.Tensor, alpha: torch.Tensor, rate: torch.Tensor | None = None) -> torch.Tensor:
+    """Resample audio windows m (N, T, n_mels, steps): the mel axis stretched by alpha (N,) from
+    its middle (vocal tract length), and with ``rate`` (N,) the time axis around the window's
+    centre frame (> 1: more time in the window, i.e. faster speech; < 1: slower)."""
+    nm, st = m.shape[2:]
+    ys = torch.linspace(-1, 1, nm)[None, :] * alpha[:, None]  # (N, n_mels)
+    xs = torch.linspace(-1, 1, st)[None, None, :]  # (1, 1, steps)
+    if rate is not None:
+        xs = xs * rate[:, None, None]  # (N, 1, steps)
+    grid = torch.stack(torch.broadcast_tensors(xs, ys[:, :, None]), -1)  # (N, n_mels, steps, 2)
+    return F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def augment_batch(b: dict, rng: np.random.Generator, speed: float = 0.0) -> None:
+    """In place. One draw per sample, applied identically to its reference and its targets.
+    ``speed`` > 0 also stretches every audio window in time around its centre by a factor in
+    [1 / (1 + speed), 1 + speed] (one per sample): speakers talk faster or slower than the
+    training speaker. 0 draws no extra random numbers, so older runs replay bit-identically."""
     n, t = b["mel"].shape[:2]
     # Colour: gain per channel, brightness, contrast, and 10% grayscale.
     gain = torch.from_numpy(rng.uniform(0.8, 1.2, (n, 3, 1, 1))).float()
@@ -228,9 +246,10 @@ def augment_batch(b: dict, rng: np.random.Generator) -> None:
         m = b[key]  # (N, T, n_mels, steps)
         nm, st = m.shape[2:]
         alpha = torch.from_numpy(np.exp(rng.uniform(np.log(0.8), np.log(1.25), n))).float()
-        ys = torch.linspace(-1, 1, nm)[None, :] * alpha[:, None]  # (N, n_mels)
-        grid = torch.stack(torch.broadcast_tensors(torch.linspace(-1, 1, st)[None, None, :], ys[:, :, None]), -1)
-        warped = F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        rate = None
+        if speed > 0:
+            rate = torch.from_numpy(np.exp(rng.uniform(-np.log1p(speed), np.log1p(speed), n))).float()
+        warped = warp_windows(m, alpha, rate)
         tilt = torch.from_numpy(rng.uniform(-1, 1, (n, 1, 1, 1))).float() * torch.linspace(-1, 1, nm)[None, None, :, None]
         knots = torch.from_numpy(rng.normal(0, 0.5, (n, 1, 6))).float()
         eq = F.interpolate(knots, size=nm, mode="linear", align_corners=True)[:, 0][:, None, :, None]

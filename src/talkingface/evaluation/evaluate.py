@@ -91,6 +91,7 @@ def clip_metrics(gen: np.ndarray, real: np.ndarray, real_lm: np.ndarray, real_cu
         gc = M.mouth_curves(gen_lm)
         m["open_corr"] = M.curve_correlation(gc["opening"], real_curves["opening"])
         m["width_corr"] = M.curve_correlation(gc["width"], real_curves["width"])
+        m["open_amp"] = M.curve_amplitude(gc["opening"], real_curves["opening"])
         m["open_corr_av"] = M.curve_correlation(gc["opening"], real_curves["opening"], av_offset)
         m["width_corr_av"] = M.curve_correlation(gc["width"], real_curves["width"], av_offset)
     offsets, table, mids = M.sync_distance_table(expert, lower(gen), mel)
@@ -121,6 +122,17 @@ def system_name(checkpoint: str | Path, taken) -> str:
     p = Path(checkpoint)
     name = p.parent.name if p.stem in ("generator", "checkpoint") and p.parent.name else p.stem
     return name if name not in taken else str(checkpoint)
+
+
+def checkpoint_systems(checkpoints: list[str], articulations: tuple[float, ...] = (1.0,)) -> list[tuple[str, str, float]]:
+    """(name in reports, checkpoint, articulation) for every checkpoint at every articulation:
+    "v4" at 1, "v4 x2" at 2 (``Generator.forward``)."""
+    out, taken = [], set()
+    for ck in checkpoints:
+        base = system_name(ck, taken)
+        taken.add(base)
+        out += [(base if a == 1.0 else f"{base} x{a:g}", str(ck), float(a)) for a in articulations]
+    return out
 
 
 def real_av_offset(real_lse: dict, max_offset: int = 3) -> int:
@@ -154,7 +166,8 @@ def other_clip_index(k: int, speakers: list[str], collections: list[str]) -> int
 
 
 def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model: str | Path, out_dir: str | Path,
-             max_clips: int = 0, progress: bool = True, lip_reader: str | Path | None = None) -> dict:
+             max_clips: int = 0, progress: bool = True, lip_reader: str | Path | None = None,
+             articulations: tuple[float, ...] = (1.0,)) -> dict:
     from tqdm import tqdm
 
     corpus = Path(corpus)
@@ -178,10 +191,8 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
         from ..models.lip_reader import LipReader
 
         reader, _, _ = load_model(lip_reader, "lipread", LipReader, LipReaderConfig)
-    gens = {}
-    for c in checkpoints:
-        g, _, gmeta = load_generator(c)
-        gens[system_name(c, gens)] = g
+    loaded = {c: load_generator(c)[0] for c in checkpoints}
+    gens = {name: (loaded[c], a) for name, c, a in checkpoint_systems(checkpoints, articulations)}
     out_dir = Path(out_dir)
     (out_dir / "sheets").mkdir(parents=True, exist_ok=True)
     clips = load_clips(corpus, rows, data_cfg)
@@ -191,7 +202,7 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
     loud_renderer, open_dir = None, None
     train_rows = [r for r in all_rows if r["split"] == "train"]
     if gens and train_rows:
-        loud_renderer = next(iter(gens.values()))
+        loud_renderer = next(iter(loaded.values()))
         open_dir = corpus_open_direction(corpus, train_rows, data_cfg.face.crop_size)
     elif gens:
         log.info("no train clips in %s: the loudness-driven baseline (fitted on them) is left out", corpus)
@@ -229,18 +240,18 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
             loud = render_motion(loud_renderer, ref, c.points[ri].numpy(), offsets)
             res[LOUDNESS] = clip_metrics(loud, real, real_lm, real_curves, ref, mel, silent, expert, av_offset=av,
                                          by_viseme=by_viseme.setdefault(LOUDNESS, {}), **vk)[0]
-        for name, g in gens.items():
-            gen = np.stack([x for x, _ in generate_crops(g, ref, c.points[ri].numpy(), mel)])
+        for name, (g, art) in gens.items():
+            gen = np.stack([x for x, _ in generate_crops(g, ref, c.points[ri].numpy(), mel, articulation=art)])
             res[name], gen_curves = clip_metrics(gen, real, real_lm, real_curves, ref, mel, silent, expert, av_offset=av,
                                                  by_viseme=by_viseme.setdefault(name, {}), **vk)
             # cross-audio: the same face driven by another clip's audio (another speaker where possible)
             omel = other.mel.float()
-            xgen = np.stack([x for x, _ in generate_crops(g, ref, c.points[ri].numpy(), omel)])
+            xgen = np.stack([x for x, _ in generate_crops(g, ref, c.points[ri].numpy(), omel, articulation=art)])
             osil = M.silence_mask(sf.read(corpus / "clips" / other.clip / "audio.wav", dtype="float32")[0], len(omel))
             res[f"{name} (cross-audio)"] = clip_metrics(xgen, real, real_lm, real_curves, ref, omel, osil, expert,
                                                         with_truth=False)[0]
             if k < 3:
-                _sheet(out_dir / "sheets" / f"{c.clip.replace('/', '_')}_{name}.jpg", real, gen)
+                _sheet(out_dir / "sheets" / f"{c.clip.replace('/', '_')}_{name.replace(' ', '_')}.jpg", real, gen)
                 curves.setdefault(name, (real_curves["opening"], gen_curves["opening"], loud_db, c.clip))
         per_clip[c.clip] = res
         # Calibration on the real clip: real audio and the still face are the rows measured above.
@@ -274,7 +285,7 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
     cal_wins = {k: int(np.sum(np.array(calib["real audio"]) < np.array(v))) for k, v in calib.items()
                 if k != "real audio" and not k.endswith(("LSE-C", "LSE-D"))} if calib else {}
     result = {"corpus": str(corpus), "split": split, "clips": [c.clip for c in clips], "sync_model": str(sync_model),
-              "sync_model_meta": meta, "checkpoints": checkpoints, "summary": summary, "by_group": by_group, "calibration": cal,
+              "sync_model_meta": meta, "checkpoints": checkpoints, "articulations": list(articulations), "summary": summary, "by_group": by_group, "calibration": cal,
               "calibration_real_wins": cal_wins, "per_clip": per_clip, "seconds": round(time.time() - t0, 1),
               "sync_by_viseme": {sys_: {v: {"mean": float(np.mean(d)), "n": len(d)} for v, d in vs.items()}
                                  for sys_, vs in by_viseme.items()}}
@@ -355,7 +366,7 @@ def _viseme_plot(path: Path, sbv: dict) -> None:
 
 def _report(r: dict) -> str:
     s = r["summary"]
-    cols = ["psnr", "ssim", "psnr_mouth", "ssim_mouth", "lmd_px", "lmd_norm", "open_corr", "width_corr", "lse_d",
+    cols = ["psnr", "ssim", "psnr_mouth", "ssim_mouth", "lmd_px", "lmd_norm", "open_corr", "open_amp", "width_corr", "lse_d",
             "lse_c", "sync_dist_at_0", "av_offset", "viseme_acc", "jitter", "jitter_silent", "id_psnr", "id_ssim"]
     lines = [f"# Evaluation: {r['corpus']} split `{r['split']}` ({len(r['clips'])} clips)", "",
              f"Sync model (evaluation expert, not the training critic): `{r['sync_model']}`.", "",
@@ -375,7 +386,7 @@ def _report(r: dict) -> str:
     lines += ["", "## Results", "", "| system | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for name, m in s.items():
         lines.append(f"| {name} | " + " | ".join(f"{m[c]:.3f}" if c in m and np.isfinite(m[c]) else "" for c in cols) + " |")
-    short = ["psnr_mouth", "ssim_mouth", "lmd_norm", "open_corr", "open_corr_av", "width_corr", "width_corr_av",
+    short = ["psnr_mouth", "ssim_mouth", "lmd_norm", "open_corr", "open_corr_av", "open_amp", "width_corr", "width_corr_av",
              "viseme_acc", "lse_d", "lse_c", "sync_dist_at_0", "jitter"]
     for grp, g in r["by_group"].items():
         lines += ["", f"### {grp}: {g['clips']} clips ({', '.join(g['speakers'])})", "",
@@ -413,7 +424,7 @@ def _report(r: dict) -> str:
 
 
 def evaluate_stills(checkpoints: list[str], portraits: str | Path, speech: str | Path, sync_model: str | Path,
-                    out_dir: str | Path, progress: bool = True) -> dict:
+                    out_dir: str | Path, progress: bool = True, articulations: tuple[float, ...] = (1.0,)) -> dict:
     """The stills test: every portrait driven by a speech clip (taken in turn), through the full
     `generate` pipeline. Saves full-size contact sheets and returns sync and smoothness measures,
     computed on the generated frames re-aligned with the photo's own alignment."""
@@ -433,16 +444,14 @@ def evaluate_stills(checkpoints: list[str], portraits: str | Path, speech: str |
     if not photos or not clips:
         raise TalkingFaceError(f"need photos in {portraits} and speech files in {speech}")
     results: dict[str, dict] = {}
-    names: dict[str, str] = {}
-    for ck in checkpoints:
-        model = api.load_model(ck)
-        name = system_name(ck, names)  # the same names as evaluate's tables
-        names[name] = ck
-        fname = name.replace("/", "_")
+    models = {ck: api.load_model(ck) for ck in checkpoints}
+    for name, ck, art in checkpoint_systems(checkpoints, articulations):  # the same names as evaluate's tables
+        model = models[ck]
+        fname = name.replace("/", "_").replace(" ", "_")
         for i, photo in enumerate(photos):
             sp = clips[i % len(clips)]
             p = api.prepare_inputs(photo, sp, model.config.crop_size)
-            frames = list(api._frames(model, p, 25.0, 50, False, api.AudioConfig()))
+            frames = list(api._frames(model, p, 25.0, 50, False, api.AudioConfig(), articulation=art))
             crops = np.stack([warp_face(f, p.src_matrix, model.config.crop_size) for f in frames])
             mel = frame_windows(p.mel, len(frames))
             ls = M.lse(expert, lower(crops), mel)

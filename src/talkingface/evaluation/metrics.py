@@ -208,6 +208,20 @@ def mouth_curves(landmarks: np.ndarray) -> dict[str, np.ndarray]:
         return {"opening": mouth_opening(lm), "width": mouth_width(lm), "iod": interocular(lm)}
 
 
+def curve_amplitude(pred: np.ndarray, real: np.ndarray) -> float:
+    """How far a generated curve swings relative to the real one: std(pred) / std(real) over the
+    frames where both are finite (1 = as far, < 1 = under-articulated, a still face 0). NaN where
+    fewer than 2 frames remain or the real curve is constant. Correlation cannot see this: a mouth
+    that follows the real one at a tenth of its amplitude correlates perfectly."""
+    pred, real = np.asarray(pred, float).ravel(), np.asarray(real, float).ravel()
+    if pred.shape != real.shape:
+        raise ValueError(f"length mismatch: {pred.shape} vs {real.shape}")
+    ok = np.isfinite(pred) & np.isfinite(real)
+    if ok.sum() < 2 or real[ok].std() <= 1e-12:
+        return float("nan")
+    return float(pred[ok].std() / real[ok].std())
+
+
 def curve_correlation(pred: np.ndarray, real: np.ndarray, offset: int = 0) -> float:
     """Pearson correlation of two per-frame curves (e.g. generated vs real mouth opening) over the
     frames where both are finite; 0.0 when either is constant or fewer than 2 frames remain.

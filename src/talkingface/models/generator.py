@@ -121,7 +121,7 @@ class Generator(nn.Module):
 
     def forward(self, mel: torch.Tensor, ref: torch.Tensor | dict, ref_points: torch.Tensor | None = None,
                 state: torch.Tensor | None = None, crops: bool = True, offsets: torch.Tensor | None = None,
-                use_offsets: torch.Tensor | None = None) -> dict:
+                use_offsets: torch.Tensor | None = None, articulation: float = 1.0) -> dict:
         """mel: (B, T, n_mels, steps) per-frame audio windows; ref: (B, 3, S, S) or an encoded
         reference; ref_points: (B, K, 2). Returns frames (B, T, 3, S, S), lower (B, T, 3, S/2, S),
         points (B, T, K, 2), flow, mask, residual and the recurrent state for the next chunk.
@@ -129,11 +129,19 @@ class Generator(nn.Module):
         residual into the full-resolution photo itself). ``offsets`` (B, T, K, 2): draw this
         landmark motion instead of the motion head's (baselines that move the lips by a rule; the
         real motion when training the renderer), for the windows where ``use_offsets`` (B,) is True
-        (default: all). ``points`` is the motion drawn, ``predicted_points`` the motion head's."""
+        (default: all). ``points`` is the motion drawn, ``predicted_points`` the motion head's.
+        ``articulation`` scales the motion head's offsets from the reference shape before drawing
+        (1 = as predicted): on voices unlike the training speaker's the head's motion is damped
+        (~0.6 of the real swing on the unseen speakers), and this is the user's say in it. Given
+        ``offsets`` are drawn as they are."""
         enc = ref if isinstance(ref, dict) else self.encode_reference(ref, ref_points)
         b, t = mel.shape[:2]
         m = self.motion(mel, enc, state)
         predicted = m["points"]
+        if articulation != 1.0:
+            lim = self.cfg.max_point_offset  # the range the renderer was trained to draw
+            m["offsets"] = (m["offsets"] * articulation).clamp(-lim, lim)
+            m["points"] = enc["ref_points"][:, None] + m["offsets"]
         if offsets is not None:
             if use_offsets is not None:
                 offsets = torch.where(use_offsets.view(b, 1, 1, 1), offsets, m["offsets"])

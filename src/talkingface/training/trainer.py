@@ -494,7 +494,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
     log.info("run %s: %d train clips, %d val clips, %s", run.dir, len(train_rows), len(val_rows), cfg.kind)
     train_clips = load_clips(cfg.corpus, train_rows, data_cfg, progress=progress and rank == 0)
     val_clips = load_clips(cfg.corpus, val_rows, data_cfg) if val_rows else []
-    sampler = WindowSampler(train_clips, window, augment=cfg.augment)
+    sampler = WindowSampler(train_clips, window, augment=cfg.augment, speed=cfg.augment_speed)
     val_sampler = WindowSampler(val_clips, window, augment=False) if val_clips else None
 
     task = {"sync": SyncTask, "generator": GeneratorTask, "lipread": LipReadTask}[cfg.kind](cfg, world)
