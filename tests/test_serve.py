@@ -178,7 +178,7 @@ def test_service_face_by_content_and_video(service, assets, tmp_path):
     assert os.listdir(service.tmp) == []  # intermediates gone
 
 
-@pytest.mark.parametrize("case", ["no face", "not an image", "silent", "too long", "too large", "checkpoint"])
+@pytest.mark.parametrize("case", ["no face", "not an image", "silent", "too long", "too large", "checkpoint", "articulation"])
 def test_service_errors_are_one_readable_line(service, assets, tmp_path, case):
     upload = tmp_path / "cache" / "0f3c387bb499"  # where Gradio keeps an upload, under its own name
     upload.mkdir(parents=True)
@@ -201,11 +201,14 @@ def test_service_errors_are_one_readable_line(service, assets, tmp_path, case):
     elif case == "too large":
         face.write_bytes(face.read_bytes() + b"\0" * (1 << 20))
         expected = f"face.png: {face.stat().st_size / 2**20:.1f} MB is too large; uploads are limited to 1 MB"
-    else:
+    elif case == "checkpoint":
         ckpt = "/etc/passwd"
         expected = "/etc/passwd: not one of this server's checkpoints (tiny.pt, talkingface.pt)"
+    articulation = "loud" if case == "articulation" else 1.0
+    if case == "articulation":
+        expected = "articulation must be a number between 0 and 3, not 'loud'"
     with pytest.raises(TalkingFaceError) as e:
-        service.make(face, audio, ckpt, "s1")
+        service.make(face, audio, ckpt, "s1", articulation=articulation)
     assert str(e.value) == expected
     assert list(service.sessions.rglob("*.mp4")) == []
 
@@ -308,9 +311,10 @@ def test_server_queues_parallel_requests(server, assets, tmp_path):
 
     before = len((server.logs / "stderr.log").read_text())
     clients = [Client(server.url, verbose=False, download_files=str(tmp_path / f"c{k}")) for k in range(2)]
-    jobs = [clients[0].submit(handle_file(str(PORTRAIT)), handle_file(str(SPEECH)), "talkingface.pt", api_name="/generate"),
+    jobs = [clients[0].submit(handle_file(str(PORTRAIT)), handle_file(str(SPEECH)), "talkingface.pt", 2.0,
+                              api_name="/generate"),
             clients[1].submit(handle_file(str(assets / "face.png")), handle_file(str(assets / "speech.wav")), "tiny.pt",
-                              api_name="/generate")]
+                              api_name="/generate")]  # the articulation left out: its default, 1
     (video_a, status_a), (video_b, status_b) = (j.result(timeout=300) for j in jobs)
     assert status_a.startswith("Done: 128 frames (5.14 s) at 910x1136") and status_a.endswith("with talkingface.pt.")
     assert status_b.startswith("Done: 10 frames (0.40 s) at 360x288") and status_b.endswith("with tiny.pt.")

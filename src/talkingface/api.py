@@ -241,9 +241,12 @@ MAX_ARTICULATION = 3.0
 def check_articulation(articulation: float) -> float:
     """``articulation`` scales the predicted lip and jaw motion: 1 as predicted, 0 a still mouth.
     Beyond 3 the motion mostly hits the generator's ``max_point_offset`` clamp."""
-    a = float(articulation)
+    try:
+        a = float(articulation)
+    except (TypeError, ValueError):
+        a = float("nan")
     if not 0.0 <= a <= MAX_ARTICULATION:  # also refuses NaN
-        raise ValueError(f"articulation must be between 0 and {MAX_ARTICULATION:g}, not {articulation!r}")
+        raise ValueError(f"articulation must be a number between 0 and {MAX_ARTICULATION:g}, not {articulation!r}")
     return a
 
 
