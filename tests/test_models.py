@@ -372,3 +372,28 @@ def test_articulation_scales_the_predicted_motion_only():
     torch.testing.assert_close(zero["points"], pts[:, None].expand_as(zero["points"]))
     assert (two["lower"] - own["lower"]).abs().max() > 1e-4
     torch.testing.assert_close(given["points"], pts[:, None] + off)
+
+
+def test_combine_motion_and_renderer_takes_each_half_from_its_own_model():
+    """The combined generator predicts ``motion``'s landmark motion and draws given motion exactly
+    as ``renderer`` does; a renderer that reads the GRU features, or configs that differ, are refused."""
+    from talkingface.models.generator import combine_motion_and_renderer
+
+    cfg = dataclasses.replace(TINY_G, decoder_input="motion", motion_identity=False)
+    torch.manual_seed(0)
+    mover, drawer = Generator(cfg).eval(), Generator(cfg).eval()
+    _randomize_zero_init(mover)
+    _randomize_zero_init(drawer)
+    both = combine_motion_and_renderer(mover, drawer)
+    ref, pts = _ref(1)
+    mel = _mel(1, 3)
+    off = torch.full((1, 3, K, 2), 0.02)
+    with torch.no_grad():
+        torch.testing.assert_close(both.motion(mel, both.encode_motion_reference(ref, pts))["offsets"],
+                                   mover.motion(mel, mover.encode_motion_reference(ref, pts))["offsets"])
+        torch.testing.assert_close(both(mel, ref, pts, offsets=off)["lower"], drawer(mel, ref, pts, offsets=off)["lower"])
+        assert not torch.allclose(both(mel, ref, pts)["lower"], drawer(mel, ref, pts)["lower"])
+    with pytest.raises(ValueError, match="GRU features"):
+        combine_motion_and_renderer(Generator(TINY_G), Generator(TINY_G))
+    with pytest.raises(ValueError, match="differ"):
+        combine_motion_and_renderer(Generator(dataclasses.replace(cfg, hidden=48)), drawer)

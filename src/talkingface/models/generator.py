@@ -98,8 +98,7 @@ class Generator(nn.Module):
     def motion_parameters(self) -> list[nn.Parameter]:
         """The parameters only the audio -> motion half uses (the identity encoder, which the
         renderer uses too, is not among them)."""
-        mods = [self.audio_encoder, self.points_in, self.gru if self.cfg.recurrent else self.frame_mlp, self.motion_head]
-        return [p for m in mods for p in m.parameters()]
+        return [p for name in MOTION_MODULES if hasattr(self, name) for p in getattr(self, name).parameters()]
 
     # ------------------------------------------------------------------------------------------
     def encode_reference(self, ref: torch.Tensor, ref_points: torch.Tensor) -> dict:
@@ -241,3 +240,23 @@ class Generator(nn.Module):
         lower = ramp * lower + (1 - ramp) * ref_rep
         frames = torch.cat([rep(ref[:, :, : s // 2]), lower], 2)  # (N, 3, S, S)
         return {"frames": v(frames), "lower": v(lower), "flow": v(flow), "mask": v(mask), "residual": v(rgb)}
+
+
+MOTION_MODULES = ("audio_encoder", "points_in", "gru", "frame_mlp", "motion_head")  # Generator.motion_parameters
+
+
+def combine_motion_and_renderer(motion: Generator, renderer: Generator) -> Generator:
+    """A generator with ``motion``'s audio -> motion half and ``renderer``'s identity encoder and
+    decoder. Only sound where the renderer draws the landmark motion alone
+    (``decoder_input = "motion"``: it never reads the motion half's features), so a motion half
+    trained on its own (the trainer's stage 0) can be paired with an existing renderer without
+    training the renderer again. The two configs must be the same."""
+    if renderer.cfg.decoder_input != "motion":
+        raise ValueError("the renderer reads the GRU features (decoder_input = 'gru'): retrain it instead")
+    if motion.cfg != renderer.cfg:
+        raise ValueError("the two generators' configs differ")
+    out = Generator(renderer.cfg)
+    sd = renderer.state_dict()
+    sd.update({k: v for k, v in motion.state_dict().items() if k.split(".")[0] in MOTION_MODULES})
+    out.load_state_dict(sd)
+    return out.eval()
