@@ -100,6 +100,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--phoneme-aux", type=float, default=0.0,
                     help="weight of a per-frame phoneme classification loss on the audio features")
+    ap.add_argument("--swing-loss", type=float, default=0.0,
+                    help="weight of a loss on how far the predicted lip gap swings within each window vs the real one")
     ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--speed", type=float, default=0.0, help="speaking-rate perturbation (TrainConfig.augment_speed)")
     ap.add_argument("--seed", type=int, default=0)
@@ -135,6 +137,9 @@ def main() -> None:
             enc = g.encode_motion_reference(b["ref"], b["ref_points"])
             m = g.motion(b["mel"], enc)
             loss = F.l1_loss(m["points"], b["points"])
+            if args.swing_loss > 0:  # L1 regresses to the median: uncertain voices get a damped mouth
+                swing = mouth_open_from_points(m["points"]).std(1)  # (B,) over the window's frames
+                loss = loss + args.swing_loss * F.l1_loss(swing, mouth_open_from_points(b["points"]).std(1))
             if args.phoneme_aux > 0:
                 feats = g.audio_encoder(b["mel"].flatten(0, 1))  # (N*T, Da): computed again, cheap next to the GRU batch
                 ph = b["phonemes"].flatten()
