@@ -170,6 +170,19 @@ def test_service_makes_the_video_in_the_session_folder(service, assets):
     assert not (service.sessions / "abc").exists()
 
 
+def test_service_passes_the_articulation_on(service, assets, monkeypatch):
+    seen = {}
+    generate = api.generate
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(api, "generate", spy)
+    r = service.make(assets / "face.png", assets / "speech.wav", articulation=2.0)
+    assert seen["articulation"] == 2.0 and r.frames == 10
+
+
 def test_service_face_by_content_and_video(service, assets, tmp_path):
     r = service.make(_copy(assets / "face.png", tmp_path / "me.jfif"), assets / "speech.wav")  # a photo named oddly
     assert r.size == (360, 288) and r.video.name == "me-talking.mp4"
