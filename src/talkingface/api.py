@@ -240,7 +240,8 @@ MAX_ARTICULATION = 3.0
 
 def check_articulation(articulation: float) -> float:
     """``articulation`` scales the predicted lip and jaw motion: 1 as predicted, 0 a still mouth.
-    Beyond 3 the motion mostly hits the generator's ``max_point_offset`` clamp."""
+    Capped at 3: the renderers were trained on motion within ``max_point_offset``, and scaled
+    motion is clamped there (``Generator.forward``). Returns it as a float."""
     try:
         a = float(articulation)
     except (TypeError, ValueError):

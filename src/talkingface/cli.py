@@ -171,7 +171,7 @@ def _articulation(text: str) -> float:
     from .api import check_articulation
 
     try:
-        return check_articulation(float(text))
+        return check_articulation(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
