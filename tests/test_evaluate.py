@@ -22,7 +22,7 @@ from talkingface.config import (
     SyncExpertConfig,
 )
 from talkingface.data.prepare import prepare
-from talkingface.evaluation.evaluate import checkpoint_systems, evaluate, evaluate_stills, stills_report
+from talkingface.evaluation.evaluate import checkpoint_systems, evaluate, evaluate_stills, file_stem, stills_report
 from talkingface.media import read_audio, read_video
 from talkingface.models.generator import Generator
 from talkingface.models.lip_reader import LipReader
@@ -120,6 +120,7 @@ def test_checkpoint_systems_names_each_articulation():
     assert got == [("model", "a/model.pt", 1.0), ("model x1.5", "a/model.pt", 1.5),
                    ("v4", "runs/v4/generator.pt", 1.0), ("v4 x1.5", "runs/v4/generator.pt", 1.5),
                    ("b/model.pt", "b/model.pt", 1.0), ("b/model.pt x1.5", "b/model.pt", 1.5)]
+    assert file_stem("b/model.pt x1.5") == "b_model.pt_x1.5"
 
 
 def test_loudness_baseline_parts():

@@ -135,6 +135,12 @@ def checkpoint_systems(checkpoints: list[str], articulations: tuple[float, ...] 
     return out
 
 
+def file_stem(name: str) -> str:
+    """A system or clip name as one file-name part: a full checkpoint path (a name taken twice) or
+    a clip id "speaker/clip" must not become folders, and "v4 x2" gets no space."""
+    return name.replace("/", "_").replace(" ", "_")
+
+
 def real_av_offset(real_lse: dict, max_offset: int = 3) -> int:
     """The offset of a real clip's video against its own audio, as the evaluation sync expert finds
     it, trusted only when small (a recording lag); larger "offsets" are the expert failing on that
@@ -251,7 +257,7 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
             res[f"{name} (cross-audio)"] = clip_metrics(xgen, real, real_lm, real_curves, ref, omel, osil, expert,
                                                         with_truth=False)[0]
             if k < 3:
-                _sheet(out_dir / "sheets" / f"{c.clip.replace('/', '_')}_{name.replace(' ', '_')}.jpg", real, gen)
+                _sheet(out_dir / "sheets" / f"{file_stem(c.clip)}_{file_stem(name)}.jpg", real, gen)
                 curves.setdefault(name, (real_curves["opening"], gen_curves["opening"], loud_db, c.clip))
         per_clip[c.clip] = res
         # Calibration on the real clip: real audio and the still face are the rows measured above.
@@ -447,7 +453,7 @@ def evaluate_stills(checkpoints: list[str], portraits: str | Path, speech: str |
     models = {ck: api.load_model(ck) for ck in checkpoints}
     for name, ck, art in checkpoint_systems(checkpoints, articulations):  # the same names as evaluate's tables
         model = models[ck]
-        fname = name.replace("/", "_").replace(" ", "_")
+        fname = file_stem(name)
         for i, photo in enumerate(photos):
             sp = clips[i % len(clips)]
             p = api.prepare_inputs(photo, sp, model.config.crop_size)
