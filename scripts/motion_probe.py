@@ -12,7 +12,8 @@ whole chain follows the real mouth (landmarks tracked the same way on the real c
 renderer's ceiling: the clip drawn from the real landmark motion instead of the predicted one.
 Amplitudes (standard deviation of the generated gap over the real one's) show under-articulation.
 
-    python scripts/motion_probe.py --steps 1500 [--phoneme-aux 0.1] [--seed 0] [--speed 0.25] [--set audio.lifter=20]
+    python scripts/motion_probe.py --steps 1500 [--phoneme-aux 0.1] [--seed 0] [--speed 0.25] [--synthetic-voices 1]
+                                   [--swing-loss 1] [--set audio.lifter=20]
     python scripts/motion_probe.py --checkpoint src/talkingface/assets/talkingface.pt [--render]
 """
 
@@ -102,6 +103,8 @@ def main() -> None:
                     help="weight of a per-frame phoneme classification loss on the audio features")
     ap.add_argument("--swing-loss", type=float, default=0.0,
                     help="weight of a loss on how far the predicted lip gap swings within each window vs the real one")
+    ap.add_argument("--synthetic-voices", type=int, default=0, metavar="N",
+                    help="add N copies of every GRID training clip voiced by espeak-ng (scripts/synthetic_voices.py)")
     ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--speed", type=float, default=0.0, help="speaking-rate perturbation (TrainConfig.augment_speed)")
     ap.add_argument("--seed", type=int, default=0)
@@ -125,7 +128,12 @@ def main() -> None:
         g, _, _ = load_generator(args.checkpoint)
     else:
         chosen = set(json.loads((corpus / "selections" / f"{args.selection}.json").read_text())["clips"])
-        train = load_clips(corpus, [r for r in rows if r["split"] == "train" and r["clip"] in chosen], cfg)
+        train_rows = [r for r in rows if r["split"] == "train" and r["clip"] in chosen]
+        train = load_clips(corpus, train_rows, cfg)
+        if args.synthetic_voices:
+            from synthetic_voices import synthetic_copies
+
+            train += synthetic_copies(train, train_rows, args.synthetic_voices, np.random.default_rng(1000 + args.seed))
         g = Generator(load_config(GeneratorConfig, None, ["motion_identity=false", *args.set]))
         head = torch.nn.Linear(g.cfg.audio.dim, len(PHONEMES))
         opt = torch.optim.Adam(g.motion_parameters() + list(head.parameters()), lr=args.lr, betas=(0.5, 0.999))
