@@ -150,3 +150,30 @@ def test_phoneme_histogram():
     assert h.shape == (40,) and h.sum() == 4 and h[0] == 2 and h[39] == 1
     with pytest.raises(ValueError):
         phoneme_histogram(np.array([40]))
+
+
+def test_synthetic_voices_speak_each_word_inside_its_aligned_slot():
+    """scripts/synthetic_voices.py: espeak-ng speech where the .align file has words, near-silence
+    where it has ``sil``, the requested length; two voice variants sound different."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "scripts/synthetic_voices.py"
+    spec = importlib.util.spec_from_file_location("synthetic_voices", path)
+    sv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sv)
+    words = sv.read_align(Path(__file__).parent / "data/grid/s1/bbaf2n.align")
+    assert words[1] == (0.95, 1.18, "bin") and words[0][2] == "sil"
+    sr = 16000
+    y = sv.speak_aligned(words, "en-us", 50, 3.0, sr)
+    assert y.shape == (3 * sr,) and np.isfinite(y).all()
+
+    def rms(s, e):
+        return float(np.sqrt(np.mean(y[int(s * sr): int(e * sr)] ** 2)))
+
+    for s, e, w in words:
+        if w == "sil":
+            assert rms(s, e) < 0.005, (w, rms(s, e))
+        else:
+            assert rms(s, e) > 0.02, (w, rms(s, e))
+    f = sv.speak_aligned(words, "en+f3", 80, 3.0, sr)
+    assert np.abs(np.fft.rfft(f) - np.fft.rfft(y)).mean() > 0.1 * np.abs(np.fft.rfft(y)).mean()
