@@ -48,7 +48,7 @@ def say(text: str, voice: str = "en-us", rate: float = 175, pitch: int = 50) -> 
                          ctypes.c_uint(_CHARS_UTF8), None, None)
         lib.espeak_Synchronize()
         x = np.concatenate(_chunks).astype(np.float32) / 32768 if _chunks else np.zeros(1, np.float32)
-        return x, 22050
+        return x, lib.sample_rate
 
 
 def _trim(x: np.ndarray, threshold: float = 0.01) -> np.ndarray:

@@ -150,6 +150,7 @@ def _espeak():
     rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0)
     if rate <= 0:
         raise RuntimeError(f"espeak_Initialize failed ({rate})")
+    lib.sample_rate = rate  # of the speech it synthesises (scripts/synthetic_voices.py)
     return lib
 
 
