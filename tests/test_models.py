@@ -397,3 +397,53 @@ def test_combine_motion_and_renderer_takes_each_half_from_its_own_model():
         combine_motion_and_renderer(Generator(TINY_G), Generator(TINY_G))
     with pytest.raises(ValueError, match="differ"):
         combine_motion_and_renderer(Generator(dataclasses.replace(cfg, hidden=48)), drawer)
+
+
+def _template_points():
+    """The canonical face's lower-face points in crop units (lips slightly parted)."""
+    from talkingface.config import FaceConfig
+    from talkingface.face import LOWER_FACE, template
+
+    return torch.from_numpy(template(FaceConfig(crop_size=S))[LOWER_FACE] / S).float()[None]  # (1, K, 2)
+
+
+def test_layered_flow_keeps_upper_teeth_and_opens_a_gap_for_the_interior():
+    """A jaw drop (lower lip, jaw and chin down, upper lip still): with flow_init = "layered" the
+    upper teeth stay, the chin follows the jaw, and between the lips a gap opens that the photo
+    cannot fill (the blend mask gives it to the residual); beside the mouth nothing tears. The
+    Gaussian flow of v1-v4 instead drags the teeth down (stretching them)."""
+    from talkingface.models.generator import UPPER_LAYER
+
+    g = Generator(dataclasses.replace(TINY_G, flow_init="layered")).eval()
+    ref = _template_points()
+    off = torch.zeros_like(ref)
+    lower = [k for k in range(K) if k not in UPPER_LAYER]
+    off[:, lower, 1] = 0.03  # ~4 px at 128
+    flow, gap = g._layered_flow(ref + off, off)  # (1, 2, S/2, S), (1, 1, S/2, S)
+    gauss = torch.nn.functional.interpolate(g._initial_flow(ref + off, off, (S // 8, S // 4)), size=(S // 2, S),
+                                            mode="bilinear", align_corners=False)
+    row = lambda y: round((y - 0.5) * S - 0.5)  # noqa: E731  crop y -> row of the lower half
+    col = S // 2
+    mid = 0.5 * (float(ref[0, 25, 1]) + float(ref[0, 35, 1]))  # where the teeth meet (inner lip midline)
+    above, inside, chin = row(mid - 0.008), row(mid + 0.016), row(float(ref[0, 15, 1]) + 0.04)
+    assert abs(float(flow[0, 1, above, col])) < 0.002  # upper teeth: still
+    assert float(gauss[0, 1, above, col]) < -0.005  # (the Gaussian flow drags them along)
+    assert float(flow[0, 1, chin, col]) < -0.02  # below the lower lip: follows the jaw down
+    assert float(gap[0, 0, inside, col]) > 0.99 and float(gap[0, 0, above, col]) < 0.01
+    assert float(gap[0, 0, :, : round(0.3 * S)].max()) < 1e-3  # beside the mouth: no gap
+
+    # Nothing moves: no flow, no gap.
+    still_flow, still_gap = g._layered_flow(ref, torch.zeros_like(ref))
+    assert float(still_flow.abs().max()) == 0 and float(still_gap.max()) < 1e-3
+
+    # The rendered blend mask obeys the gap: the photo is not used where the lips parted.
+    img = torch.rand(1, 3, S, S) * 2 - 1
+    with torch.no_grad():
+        out = g(_mel(1, 1), img, ref, offsets=off[:, None], crops=False)
+    assert float(out["mask"][0, 0, 0, inside, col]) < 0.01
+    assert float(out["mask"][0, 0, 0, above, col]) > 0.5
+
+
+def test_unknown_flow_init_is_refused():
+    with pytest.raises(ValueError, match="flow_init"):
+        Generator(dataclasses.replace(TINY_G, flow_init="optical"))

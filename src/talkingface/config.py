@@ -96,6 +96,14 @@ class GeneratorConfig:
     decoder_input: str = "gru"
     n_points: int = 69  # len(face.LOWER_FACE)
     flow_sigma: float = 0.035  # Gaussian radius (fraction of crop size) spreading landmark motion
+    # How landmark motion becomes the initial dense flow. "gaussian" (v1-v4): every pixel moves
+    # with a Gaussian-weighted mean of all landmarks, so teeth between parting lips are stretched
+    # (half the jaw's motion) and nothing marks where the mouth interior shows. "layered": inside
+    # the mouth's span, pixels above the reference's lip midline move with the upper lip only and
+    # pixels below with the lower lip and jaw only; where neither layer reaches (the lips part)
+    # the warp has no source and the residual paints the mouth interior (a "gap" map the decoder
+    # sees and the blend mask obeys). Upper teeth stay on the upper lip, lower teeth go with the jaw.
+    flow_init: str = "gaussian"
     max_point_offset: float = 0.12  # landmarks move at most this fraction of the crop per frame
     feather_rows: int = 8  # rows blended with the photo at the top of the generated half
 

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import GeneratorConfig
-from ..face import LOWER_FACE
+from ..face import LIPS, LOWER_FACE
 from .audio_encoder import AudioEncoder
 from .blocks import ResBlock, conv_block
 from .identity_encoder import IdentityEncoder
@@ -59,6 +59,16 @@ def cat_conv(block: nn.Sequential, parts: list[torch.Tensor], per_reference: lis
     return y
 
 
+# Layers of the "layered" flow, as positions in face.LOWER_FACE (which starts with face.LIPS: outer
+# lip from the left corner over the top (0-10) and back along the bottom (11-19), then the inner lip
+# the same way (20-30 top, 31-39 bottom)). The four corners belong to both layers.
+_CORNERS = [0, 10, 20, 30]
+UPPER_LAYER = list(range(0, 11)) + list(range(20, 31))  # upper lip, outer and inner
+LOWER_LAYER = [k for k in range(len(LOWER_FACE)) if k not in UPPER_LAYER] + _CORNERS  # lower lip, jaw, chin, cheeks
+INNER_TOP, INNER_BOTTOM = list(range(20, 31)), [20] + list(range(31, 40)) + [30]
+assert LOWER_FACE[: len(LIPS)].tolist() == LIPS.tolist()
+
+
 class Generator(nn.Module):
     def __init__(self, cfg: GeneratorConfig = GeneratorConfig()):
         super().__init__()
@@ -83,14 +93,17 @@ class Generator(nn.Module):
             raise ValueError(f"generator.decoder_input must be 'gru' or 'motion', got {cfg.decoder_input!r}")
         if cfg.decoder_input == "motion":  # the landmark offsets, scaled to about [-1, 1], as the code
             self.motion_code = nn.Sequential(nn.Linear(2 * cfg.n_points, cfg.hidden), nn.ReLU(inplace=True))
+        if cfg.flow_init not in ("gaussian", "layered"):
+            raise ValueError(f"generator.flow_init must be 'gaussian' or 'layered', got {cfg.flow_init!r}")
+        g = int(cfg.flow_init == "layered")  # + the gap map at the three finest scales
         self.fc = nn.Linear(cfg.hidden, c[3] * self.h0 * self.w0)
-        # Each up stage: concat(previous, identity skip of the lower half [, flow0, warped ref]) -> conv.
+        # Each up stage: concat(previous, identity skip of the lower half [, flow0, warped ref, gap]) -> conv.
         self.up3 = nn.Sequential(conv_block(c[3] * 2, c[2]), ResBlock(c[2]))  # at S/16 -> then x2
         self.up2 = nn.Sequential(conv_block(c[2] * 2 + 2, c[1]), ResBlock(c[1]))  # S/8
         # The two finest scales are thin: they only refine what the warp already placed.
-        self.up1 = conv_block(c[1] * 2 + 2 + 3, c[0])  # S/8
-        self.up0 = conv_block(c[0] * 2 + 2 + 3, c[0] // 2)  # S/4
-        self.out = nn.Sequential(conv_block(c[0] // 2 + 3 + 3, c[0] // 2), nn.Conv2d(c[0] // 2, 6, 3, 1, 1))
+        self.up1 = conv_block(c[1] * 2 + 2 + 3 + g, c[0])  # S/8
+        self.up0 = conv_block(c[0] * 2 + 2 + 3 + g, c[0] // 2)  # S/4
+        self.out = nn.Sequential(conv_block(c[0] // 2 + 3 + 3 + g, c[0] // 2), nn.Conv2d(c[0] // 2, 6, 3, 1, 1))
         nn.init.zeros_(self.out[-1].weight)
         with torch.no_grad():  # start as "copy the warped photo": mask ~ 1
             self.out[-1].bias.copy_(torch.tensor([0.0, 0.0, 4.0, 0.0, 0.0, 0.0]))
@@ -168,10 +181,14 @@ class Generator(nn.Module):
         return {"h": h, "offsets": off, "points": enc["ref_points"][:, None] + off, "state": state}
 
     # ------------------------------------------------------------------------------------------
-    def _initial_flow(self, points: torch.Tensor, off: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    def _initial_flow(self, points: torch.Tensor, off: torch.Tensor, hw: tuple[int, int],
+                      layer: list[int] | None = None) -> torch.Tensor:
         """Backward flow on the lower-half grid from landmark motion: each output pixel samples the
         reference at (itself - motion of nearby landmarks), Gaussian-weighted; far from every
-        landmark the flow fades to zero. points/off: (N, K, 2) in crop units. -> (N, 2, h, w)."""
+        landmark the flow fades to zero. points/off: (N, K, 2) in crop units; ``layer``: only these
+        landmarks. -> (N, 2, h, w)."""
+        if layer is not None:
+            points, off = points[:, layer], off[:, layer]
         h, w = hw
         ys = (torch.arange(h, dtype=points.dtype) + 0.5) / h * 0.5 + 0.5  # lower half: y in [0.5, 1]
         xs = (torch.arange(w, dtype=points.dtype) + 0.5) / w
@@ -181,6 +198,44 @@ class Generator(nn.Module):
         flow = -(g @ off) / (g.sum(-1, keepdim=True) + 0.05)  # (N, HW, 2); 0.05 = weight of "no motion"
         return flow.transpose(1, 2).reshape(-1, 2, h, w)
 
+    def _layered_flow(self, points: torch.Tensor, off: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The "layered" initial flow (GeneratorConfig.flow_init) and the gap map on the full
+        lower-half grid: flow (N, 2, S/2, S) in crop units, gap (N, 1, S/2, S) in [0, 1], 1 where
+        the lips have parted wider than in the reference and the photo has nothing to show.
+
+        Each layer's flow is smooth, so it is spread on the coarse grid and upsampled; only the
+        choice of layer per pixel is made at full resolution, which keeps the lip edges sharp."""
+        s = self.cfg.crop_size
+        coarse, full = (s // 8, s // 4), (s // 2, s)
+
+        def up(x):
+            return F.interpolate(x, size=full, mode="bilinear", align_corners=False)
+
+        f_all, f_up, f_low = (up(self._initial_flow(points, off, coarse, layer))
+                              for layer in (None, UPPER_LAYER, LOWER_LAYER))  # (N, 2, S/2, S) each
+        ref = points - off  # the reference's own landmarks
+        xs = (torch.arange(s, dtype=points.dtype) + 0.5) / s  # (S,)
+        ys = ((torch.arange(s // 2, dtype=points.dtype) + 0.5) / (s // 2) * 0.5 + 0.5)[:, None]  # (S/2, 1)
+
+        def along_x(pts):  # (N, k, 2) -> y of the curve through them at every column (N, S), kernel regression in x
+            wx = torch.exp(-((xs[None, :, None] - pts[:, None, :, 0]) ** 2) / (2 * 0.015**2)) + 1e-8  # (N, S, k)
+            return (wx * pts[:, None, :, 1]).sum(-1) / wx.sum(-1)
+
+        # The reference's lip midline: where its upper and lower teeth (or closed lips) meet.
+        mid = 0.5 * (along_x(ref[:, INNER_TOP]) + along_x(ref[:, INNER_BOTTOM]))[:, None, None]  # (N, 1, 1, S)
+        corners = ref[:, [INNER_TOP[0], INNER_TOP[-1]], 0]  # (N, 2); a flipped training sample swaps them
+        left, right = corners.min(1).values, corners.max(1).values  # (N,)
+        soft = 0.004  # ~0.5 px: edges are anti-aliased, not stepped
+        span = (torch.sigmoid((xs - left[:, None]) / soft) * torch.sigmoid((right[:, None] - xs) / soft))[:, None, None]
+        # How far inside its own layer each layer's source pixel lies (backward flow: source = pixel + flow).
+        d_up = mid - (ys + f_up[:, 1:2])  # > 0: the upper layer reaches this pixel
+        d_low = (ys + f_low[:, 1:2]) - mid  # > 0: the lower layer reaches it
+        w_up = torch.sigmoid((d_up - d_low) / soft)  # where both reach (lips pressing), the deeper one wins
+        layered = w_up * f_up + (1 - w_up) * f_low
+        flow = span * layered + (1 - span) * f_all  # beside the mouth: one smooth field, no tear in the cheeks
+        gap = span * (torch.minimum(-d_up, -d_low) / soft).clamp(0, 1)  # (N, 1, S/2, S)
+        return flow, gap
+
     def _render(self, h: torch.Tensor, enc: dict, points: torch.Tensor, off: torch.Tensor, b: int, t: int,
                 crops: bool = True) -> dict:
         n = h.shape[0]
@@ -189,9 +244,13 @@ class Generator(nn.Module):
         ref = enc["ref"]
         ref_low = ref[:, :, s // 2:]  # (B, 3, S/2, S)
         sk = enc["skips"]  # lower halves: (B, w, S/4, S/2) ... (B, 8w, S/32, S/16)
-        # The spread motion is smooth: compute it on a 4x coarser grid (4 px cells) and upsample.
-        flow_full = F.interpolate(self._initial_flow(points, off, (s // 8, s // 4)), size=(s // 2, s),
-                                  mode="bilinear", align_corners=False)  # (N, 2, S/2, S), crop units
+        layered = self.cfg.flow_init == "layered"
+        if layered:
+            flow_full, gap = self._layered_flow(points, off)  # (N, 2, S/2, S), (N, 1, S/2, S)
+        else:  # the spread motion is smooth: compute it on a 4x coarser grid (4 px cells) and upsample
+            flow_full = F.interpolate(self._initial_flow(points, off, (s // 8, s // 4)), size=(s // 2, s),
+                                      mode="bilinear", align_corners=False)  # (N, 2, S/2, S), crop units
+        gaps = (lambda size: [at(gap, size)]) if layered else (lambda size: [])  # noqa: E731
 
         def at(x, size):  # resize to a decoder scale
             return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
@@ -214,17 +273,22 @@ class Generator(nn.Module):
         x = F.interpolate(x, scale_factor=2, mode="nearest")  # S/8
         size = x.shape[2:]
         f = at(flow_full, size)
-        x = cat_conv(self.up1, [x, sk[1], f, warp(rep(at(ref_low, size)), f)], [False, True, False, False], b, t)
+        g = gaps(size)
+        x = cat_conv(self.up1, [x, sk[1], f, warp(rep(at(ref_low, size)), f), *g], [False, True, False, False] + [False] * len(g), b, t)
         x = F.interpolate(x, scale_factor=2, mode="nearest")  # S/4
         size = x.shape[2:]
         f = at(flow_full, size)
-        x = cat_conv(self.up0, [x, sk[0], f, warp(rep(at(ref_low, size)), f)], [False, True, False, False], b, t)
+        g = gaps(size)
+        x = cat_conv(self.up0, [x, sk[0], f, warp(rep(at(ref_low, size)), f), *g], [False, True, False, False] + [False] * len(g), b, t)
         x = F.interpolate(x, scale_factor=2, mode="nearest")  # S/2 x S: the full lower half
         ref_rep = rep(ref_low)
         warped0 = warp(ref_rep, flow_full)
-        o = cat_conv(self.out, [x, ref_low, warped0], [False, True, False], b, t)  # (N, 6, S/2, S)
+        g = [gap] if layered else []
+        o = cat_conv(self.out, [x, ref_low, warped0, *g], [False, True, False] + [False] * len(g), b, t)  # (N, 6, S/2, S)
         flow = flow_full + 0.05 * torch.tanh(o[:, 0:2])
         mask = torch.sigmoid(o[:, 2:3])
+        if layered:  # where the lips parted the photo has no pixels to warp: the residual paints there
+            mask = mask * (1 - gap)
         rgb = torch.tanh(o[:, 3:6])
         v = lambda x: x.view(b, t, *x.shape[1:])  # noqa: E731
         paint = self.cfg.render == "paint"
