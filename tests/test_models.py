@@ -447,3 +447,22 @@ def test_layered_flow_keeps_upper_teeth_and_opens_a_gap_for_the_interior():
 def test_unknown_flow_init_is_refused():
     with pytest.raises(ValueError, match="flow_init"):
         Generator(dataclasses.replace(TINY_G, flow_init="optical"))
+
+
+def test_layered_renderer_paints_only_around_the_mouth():
+    """However much the decoder wants to paint, with flow_init = "layered" the residual replaces
+    the photo only around the lips; far from the mouth the output is the warped photo."""
+    g = Generator(dataclasses.replace(TINY_G, flow_init="layered")).eval()
+    with torch.no_grad():
+        g.out[-1].bias[2] = -10.0  # a decoder that asks for the residual everywhere
+    ref = _template_points()
+    img = torch.rand(1, 3, S, S) * 2 - 1
+    with torch.no_grad():
+        mask = g(_mel(1, 1), img, ref, offsets=torch.zeros(1, 1, K, 2), crops=False)["mask"][0, 0, 0]  # (S/2, S)
+        mouth = ref[0, :40]
+        cx, cy = float(mouth[:, 0].mean()), float(mouth[:, 1].mean())
+        assert float(mask[round((cy - 0.5) * S), round(cx * S)]) < 0.01  # on the lips: the residual
+        assert float(mask[:, :10].min()) == 1.0 and float(mask[-4:].min()) == 1.0  # cheek edge, bottom: the photo
+        plain = Generator(TINY_G).eval()
+        plain.out[-1].bias[2] = -10.0
+        assert float(plain(_mel(1, 1), img, ref, offsets=torch.zeros(1, 1, K, 2), crops=False)["mask"].max()) < 0.01

@@ -236,6 +236,20 @@ class Generator(nn.Module):
         gap = span * (torch.minimum(-d_up, -d_low) / soft).clamp(0, 1)  # (N, 1, S/2, S)
         return flow, gap
 
+    def _mouth_region(self, points: torch.Tensor, hw: tuple[int, int], margin: float = 0.03) -> torch.Tensor:
+        """(N, 1, h, w) on the lower-half grid: 1 inside an ellipse around the (moved) lips grown by
+        ``margin`` crop units, fading to 0 over another margin."""
+        h, w = hw
+        lips = points[:, : len(LIPS)]  # (N, 40, 2)
+        lo, hi = lips.min(1).values, lips.max(1).values  # (N, 2)
+        centre, half = (lo + hi) / 2, (hi - lo) / 2 + margin
+        ys = ((torch.arange(h, dtype=points.dtype) + 0.5) / h * 0.5 + 0.5)[:, None]
+        xs = (torch.arange(w, dtype=points.dtype) + 0.5) / w
+        r = (((xs - centre[:, None, None, 0]) / half[:, None, None, 0]) ** 2
+             + ((ys - centre[:, None, None, 1]) / half[:, None, None, 1]) ** 2).sqrt()  # (N, h, w)
+        fade = margin / half.min(1).values[:, None, None]  # the outer margin, in ellipse radii
+        return ((1 + fade - r) / fade).clamp(0, 1)[:, None]
+
     def _render(self, h: torch.Tensor, enc: dict, points: torch.Tensor, off: torch.Tensor, b: int, t: int,
                 crops: bool = True) -> dict:
         n = h.shape[0]
@@ -288,7 +302,9 @@ class Generator(nn.Module):
         flow = flow_full + 0.05 * torch.tanh(o[:, 0:2])
         mask = torch.sigmoid(o[:, 2:3])
         if layered:  # where the lips parted the photo has no pixels to warp: the residual paints there
-            mask = mask * (1 - gap)
+            # and nowhere far from the mouth: elsewhere the warped photo has every pixel needed, and a
+            # decoder trained on one face otherwise pastes stray colour on unusual photos.
+            mask = 1 - (1 - mask * (1 - gap)) * self._mouth_region(points, (s // 2, s))
         rgb = torch.tanh(o[:, 3:6])
         v = lambda x: x.view(b, t, *x.shape[1:])  # noqa: E731
         paint = self.cfg.render == "paint"
