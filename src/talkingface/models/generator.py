@@ -69,6 +69,14 @@ INNER_TOP, INNER_BOTTOM = list(range(20, 31)), [20] + list(range(31, 40)) + [30]
 assert LOWER_FACE[: len(LIPS)].tolist() == LIPS.tolist()
 
 
+def lower_half_grid(h: int, w: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel centres of an (h, w) grid over the lower half of the crop, in crop units:
+    xs (w,) in [0, 1], ys (h, 1) in [0.5, 1]."""
+    xs = (torch.arange(w, dtype=dtype) + 0.5) / w
+    ys = ((torch.arange(h, dtype=dtype) + 0.5) / h * 0.5 + 0.5)[:, None]
+    return xs, ys
+
+
 class Generator(nn.Module):
     def __init__(self, cfg: GeneratorConfig = GeneratorConfig()):
         super().__init__()
@@ -190,9 +198,8 @@ class Generator(nn.Module):
         if layer is not None:
             points, off = points[:, layer], off[:, layer]
         h, w = hw
-        ys = (torch.arange(h, dtype=points.dtype) + 0.5) / h * 0.5 + 0.5  # lower half: y in [0.5, 1]
-        xs = (torch.arange(w, dtype=points.dtype) + 0.5) / w
-        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(1, h * w, 1, 2)  # (1, HW, 1, 2)
+        xs, ys = lower_half_grid(h, w, points.dtype)
+        grid = torch.stack(torch.meshgrid(xs, ys[:, 0], indexing="xy"), -1).reshape(1, h * w, 1, 2)  # (1, HW, 1, 2)
         d2 = ((grid - points[:, None]) ** 2).sum(-1)  # (N, HW, K)
         g = torch.exp(-d2 / (2 * self.cfg.flow_sigma**2))
         flow = -(g @ off) / (g.sum(-1, keepdim=True) + 0.05)  # (N, HW, 2); 0.05 = weight of "no motion"
@@ -214,8 +221,7 @@ class Generator(nn.Module):
         f_all, f_up, f_low = (up(self._initial_flow(points, off, coarse, layer))
                               for layer in (None, UPPER_LAYER, LOWER_LAYER))  # (N, 2, S/2, S) each
         ref = points - off  # the reference's own landmarks
-        xs = (torch.arange(s, dtype=points.dtype) + 0.5) / s  # (S,)
-        ys = ((torch.arange(s // 2, dtype=points.dtype) + 0.5) / (s // 2) * 0.5 + 0.5)[:, None]  # (S/2, 1)
+        xs, ys = lower_half_grid(*full, points.dtype)  # (S,), (S/2, 1)
 
         def along_x(pts):  # (N, k, 2) -> y of the curve through them at every column (N, S), kernel regression in x
             wx = torch.exp(-((xs[None, :, None] - pts[:, None, :, 0]) ** 2) / (2 * 0.015**2)) + 1e-8  # (N, S, k)
@@ -243,8 +249,7 @@ class Generator(nn.Module):
         lips = points[:, : len(LIPS)]  # (N, 40, 2)
         lo, hi = lips.min(1).values, lips.max(1).values  # (N, 2)
         centre, half = (lo + hi) / 2, (hi - lo) / 2 + margin
-        ys = ((torch.arange(h, dtype=points.dtype) + 0.5) / h * 0.5 + 0.5)[:, None]
-        xs = (torch.arange(w, dtype=points.dtype) + 0.5) / w
+        xs, ys = lower_half_grid(h, w, points.dtype)
         r = (((xs - centre[:, None, None, 0]) / half[:, None, None, 0]) ** 2
              + ((ys - centre[:, None, None, 1]) / half[:, None, None, 1]) ** 2).sqrt()  # (N, h, w)
         fade = margin / half.min(1).values[:, None, None]  # the outer margin, in ellipse radii
@@ -264,10 +269,12 @@ class Generator(nn.Module):
         else:  # the spread motion is smooth: compute it on a 4x coarser grid (4 px cells) and upsample
             flow_full = F.interpolate(self._initial_flow(points, off, (s // 8, s // 4)), size=(s // 2, s),
                                       mode="bilinear", align_corners=False)  # (N, 2, S/2, S), crop units
-        gaps = (lambda size: [at(gap, size)]) if layered else (lambda size: [])  # noqa: E731
 
         def at(x, size):  # resize to a decoder scale
             return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+        def gaps(size):  # the gap map as an extra decoder input, where there is one
+            return [at(gap, size)] if layered else []
 
         def warp(img, flow):  # img (N, 3, h, w), flow in crop units (x, y)
             hh, ww = img.shape[2:]
