@@ -103,15 +103,15 @@ class Generator(nn.Module):
             self.motion_code = nn.Sequential(nn.Linear(2 * cfg.n_points, cfg.hidden), nn.ReLU(inplace=True))
         if cfg.flow_init not in ("gaussian", "layered"):
             raise ValueError(f"generator.flow_init must be 'gaussian' or 'layered', got {cfg.flow_init!r}")
-        g = int(cfg.flow_init == "layered")  # + the gap map at the three finest scales
+        gap_ch = int(cfg.flow_init == "layered")  # + the gap map at the three finest scales
         self.fc = nn.Linear(cfg.hidden, c[3] * self.h0 * self.w0)
         # Each up stage: concat(previous, identity skip of the lower half [, flow0, warped ref, gap]) -> conv.
         self.up3 = nn.Sequential(conv_block(c[3] * 2, c[2]), ResBlock(c[2]))  # at S/16 -> then x2
         self.up2 = nn.Sequential(conv_block(c[2] * 2 + 2, c[1]), ResBlock(c[1]))  # S/8
         # The two finest scales are thin: they only refine what the warp already placed.
-        self.up1 = conv_block(c[1] * 2 + 2 + 3 + g, c[0])  # S/8
-        self.up0 = conv_block(c[0] * 2 + 2 + 3 + g, c[0] // 2)  # S/4
-        self.out = nn.Sequential(conv_block(c[0] // 2 + 3 + 3 + g, c[0] // 2), nn.Conv2d(c[0] // 2, 6, 3, 1, 1))
+        self.up1 = conv_block(c[1] * 2 + 2 + 3 + gap_ch, c[0])  # S/8
+        self.up0 = conv_block(c[0] * 2 + 2 + 3 + gap_ch, c[0] // 2)  # S/4
+        self.out = nn.Sequential(conv_block(c[0] // 2 + 3 + 3 + gap_ch, c[0] // 2), nn.Conv2d(c[0] // 2, 6, 3, 1, 1))
         nn.init.zeros_(self.out[-1].weight)
         with torch.no_grad():  # start as "copy the warped photo": mask ~ 1
             self.out[-1].bias.copy_(torch.tensor([0.0, 0.0, 4.0, 0.0, 0.0, 0.0]))
@@ -294,18 +294,18 @@ class Generator(nn.Module):
         x = F.interpolate(x, scale_factor=2, mode="nearest")  # S/8
         size = x.shape[2:]
         f = at(flow_full, size)
-        g = gaps(size)
-        x = cat_conv(self.up1, [x, sk[1], f, warp(rep(at(ref_low, size)), f), *g], [False, True, False, False] + [False] * len(g), b, t)
+        gi = gaps(size)
+        x = cat_conv(self.up1, [x, sk[1], f, warp(rep(at(ref_low, size)), f), *gi], [False, True, False, False] + [False] * len(gi), b, t)
         x = F.interpolate(x, scale_factor=2, mode="nearest")  # S/4
         size = x.shape[2:]
         f = at(flow_full, size)
-        g = gaps(size)
-        x = cat_conv(self.up0, [x, sk[0], f, warp(rep(at(ref_low, size)), f), *g], [False, True, False, False] + [False] * len(g), b, t)
+        gi = gaps(size)
+        x = cat_conv(self.up0, [x, sk[0], f, warp(rep(at(ref_low, size)), f), *gi], [False, True, False, False] + [False] * len(gi), b, t)
         x = F.interpolate(x, scale_factor=2, mode="nearest")  # S/2 x S: the full lower half
         ref_rep = rep(ref_low)
         warped0 = warp(ref_rep, flow_full)
-        g = [gap] if layered else []
-        o = cat_conv(self.out, [x, ref_low, warped0, *g], [False, True, False] + [False] * len(g), b, t)  # (N, 6, S/2, S)
+        gi = [gap] if layered else []
+        o = cat_conv(self.out, [x, ref_low, warped0, *gi], [False, True, False] + [False] * len(gi), b, t)  # (N, 6, S/2, S)
         flow = flow_full + 0.05 * torch.tanh(o[:, 0:2])
         mask = torch.sigmoid(o[:, 2:3])
         if layered:  # where the lips parted the photo has no pixels to warp: the residual paints there
