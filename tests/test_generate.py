@@ -150,6 +150,19 @@ def test_articulation_moves_the_mouth_more_and_bad_values_fail(assets, model):
         build_parser().parse_args(gen_args(assets, None, None, "o.mp4", "--articulation", "9"))
 
 
+def test_keep_expression_changes_only_the_mouth_and_reaches_the_cli(assets, model):
+    """--keep-expression draws the photo's mouth as the rest: a different mouth, the same photo
+    elsewhere; off by default."""
+    a = np.stack(api.generate(assets["face"], assets["short"], None, model=model, progress=False, precision="fp32"))
+    b = np.stack(api.generate(assets["face"], assets["short"], None, model=model, progress=False, precision="fp32",
+                              keep_expression=True))
+    assert np.abs(a.astype(int) - b).max() > 0
+    assert np.array_equal(b[:, :100], a[:, :100])
+    args = build_parser().parse_args(gen_args(assets, None, None, "o.mp4"))
+    assert args.keep_expression is False
+    assert build_parser().parse_args(gen_args(assets, None, None, "o.mp4", "--keep-expression")).keep_expression is True
+
+
 def test_on_progress_counts_every_frame(assets, model, tmp_path):
     seen = []
     api.generate(assets["face"], assets["short"], tmp_path / "o.mp4", model=model, progress=False,

@@ -466,3 +466,75 @@ def test_layered_renderer_paints_only_around_the_mouth():
         plain = Generator(TINY_G).eval()
         plain.out[-1].bias[2] = -10.0
         assert float(plain(_mel(1, 1), img, ref, offsets=torch.zeros(1, 1, K, 2), crops=False)["mask"].max()) < 0.01
+
+
+def test_lip_coloured_residual_paints_only_the_photos_lip_hue():
+    """With residual_colour = "lips", whatever the decoder asks for, each residual pixel is a grey
+    level plus 0-2x the reference's lip hue (mean lip colour minus its grey): red lips give a
+    red-axis interior, a grey photo a grey one. The free residual paints any colour."""
+    from talkingface.models.generator import LIP_BODY_PAIRS
+
+    cfg = dataclasses.replace(TINY_G, flow_init="layered", residual_colour="lips")
+    g = Generator(cfg).eval()
+    _randomize_zero_init(g)
+    with torch.no_grad():
+        g.out[-1].weight.normal_(0, 1.0)  # a decoder with strong opinions on every channel
+    ref_pts = _template_points()
+    img = _ref(1)[0] * 0.5
+    lips = torch.tensor([0.6, -0.2, -0.1])
+    for a, b in LIP_BODY_PAIRS:  # paint the lip body red
+        x, y = ((ref_pts[0, a] + ref_pts[0, b]) / 2 * S).round().long().tolist()
+        img[0, :, y - 1: y + 2, x - 1: x + 2] = lips[:, None, None]
+    hue = Generator.lip_hue(img, ref_pts)[0]
+    torch.testing.assert_close(hue, lips - lips.mean(), atol=0.02, rtol=0)
+    with torch.no_grad():
+        res = g(_mel(1, 2), img, ref_pts, crops=False)["residual"][0].flatten(2)  # (T, 3, P)
+    res = res.transpose(1, 2)[(res.abs() < 0.999).all(1)]  # (P', 3): where no channel hit the [-1, 1] limits
+    assert len(res) > 1000
+    chroma = res - res.mean(1, keepdim=True)  # what is left after the grey level
+    amount = (chroma @ hue) / hue.pow(2).sum()  # (P',): along the lip hue
+    torch.testing.assert_close(chroma, amount[:, None] * hue, atol=1e-4, rtol=0)  # nothing off it
+    assert float(amount.min()) >= -1e-3 and float(amount.max()) <= 2 + 1e-3 and float(amount.std()) > 0.05
+
+    with torch.no_grad():
+        grey = g(_mel(1, 1), img.mean(1, keepdim=True).expand(-1, 3, -1, -1), ref_pts, crops=False)["residual"]
+    assert float((grey - grey.mean(2, keepdim=True)).abs().max()) < 1e-5
+
+    free = Generator(dataclasses.replace(cfg, residual_colour="free")).eval()
+    _randomize_zero_init(free)
+    with torch.no_grad():
+        free.out[-1].weight.normal_(0, 1.0)
+        fres = free(_mel(1, 1), img.mean(1, keepdim=True).expand(-1, 3, -1, -1), ref_pts, crops=False)["residual"]
+    assert float((fres - fres.mean(2, keepdim=True)).abs().max()) > 0.1
+    with pytest.raises(ValueError, match="residual_colour"):
+        Generator(dataclasses.replace(TINY_G, residual_colour="rainbow"))
+    with pytest.raises(ValueError, match="warp"):
+        Generator(dataclasses.replace(TINY_G, residual_colour="lips", render="paint"))
+
+
+def test_rest_offsets_make_silence_draw_the_photo_as_it_is():
+    """``rest`` = the motion the head predicts for silence: with it, silent audio draws the
+    reference's own mouth (no motion), speech moves away from it by the head's motion minus that
+    rest, and articulation scales the difference."""
+    from talkingface.audio import silence_window
+
+    g = Generator(TINY_G).eval()
+    _randomize_zero_init(g)
+    ref, pts = _ref(2)
+    feats = torch.randn(80, 305)  # (C, M) an utterance's normalised log-mel (windows below cover it all)
+    silence = silence_window(feats)  # (C, steps)
+    assert silence.shape == (80, 35)
+    torch.testing.assert_close(silence[:, 0], feats.min(1).values)
+    torch.testing.assert_close(silence_window(feats.unfold(1, 35, 10).permute(1, 0, 2)), silence)  # from windows too
+    with torch.no_grad():
+        enc = g.encode_reference(ref, pts)
+        rest = g.rest_offsets(enc, silence[None].expand(2, -1, -1))  # (B, K, 2)
+        assert rest.shape == (2, K, 2) and float(rest.abs().max()) > 1e-3  # the head does not rest at the photo
+        quiet = silence[None, None].expand(2, 8, -1, -1)
+        kept = g(quiet, enc, rest=rest)
+        torch.testing.assert_close(kept["points"][:, -1], pts, atol=1e-6, rtol=0)
+        speech = _mel(2, 3)
+        plain, moved = g(speech, enc), g(speech, enc, rest=rest, articulation=1.5)
+    lim = g.cfg.max_point_offset
+    torch.testing.assert_close(moved["points"] - pts[:, None],
+                               (1.5 * (plain["points"] - pts[:, None] - rest[:, None])).clamp(-lim, lim))

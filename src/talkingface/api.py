@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import frame_windows, log_mel, normalize_utterance
+from .audio import frame_windows, log_mel, normalize_utterance, silence_window
 from .config import AudioConfig, FaceConfig, GeneratorConfig
 from .errors import TalkingFaceError
 from .face import LOWER_FACE, FaceMesh, alignment_matrix, transform_points, warp_face
@@ -202,7 +202,7 @@ def prepare_inputs(face: str | Path, audio: str | Path, crop_size: int, fps: flo
 
 @torch.no_grad()
 def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, audio_cfg: AudioConfig,
-            precision: str = "auto", articulation: float = 1.0) -> Iterator[np.ndarray]:
+            precision: str = "auto", articulation: float = 1.0, keep_expression: bool = False) -> Iterator[np.ndarray]:
     from tqdm import tqdm
 
     from .compose import Compositor
@@ -213,6 +213,7 @@ def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, a
     g = model.generator
     s, feather = model.config.crop_size, model.config.feather_rows
     enc = g.encode_reference(crop_to_tensor(p.ref_crop).to(model.device), torch.from_numpy(p.ref_points)[None].to(model.device))
+    rest = g.rest_offsets(enc, silence_window(p.mel, audio_cfg)[None].to(model.device)) if keep_expression else None
     state = None
     comp, comp_m = None, None
     bgs = p.backgrounds(p.n_frames)
@@ -221,7 +222,7 @@ def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, a
             t = min(chunk, p.n_frames - start)
             mel = frame_windows(p.mel, t, fps, audio_cfg, first=start)[None].to(model.device)  # (1, t, n_mels, steps)
             with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                out = g(mel, enc, state=state, crops=False, articulation=articulation)
+                out = g(mel, enc, state=state, crops=False, articulation=articulation, rest=rest)
             state = out["state"]
             flow, mask, res = (out[k][0].float().cpu().numpy() for k in ("flow", "mask", "residual"))
             for i in range(t):
@@ -291,17 +292,20 @@ def _prefetch(it: Iterator, depth: int = 8) -> Iterator:
 
 
 def stream(face: str | Path, audio: str | Path, model: Model | None = None, fps: float = 25.0, face_index: int = 0,
-           chunk: int = 50, progress: bool = False, precision: str = "auto", articulation: float = 1.0
-           ) -> Iterator[np.ndarray]:
+           chunk: int = 50, progress: bool = False, precision: str = "auto", articulation: float = 1.0,
+           keep_expression: bool = False) -> Iterator[np.ndarray]:
     """Yield full-resolution RGB frames (H, W, 3) uint8 of ``face`` speaking ``audio``.
     ``precision``: "auto" (bfloat16 where the CPU computes it natively), "fp32" or "bf16"
     (``inference.compute_dtype``). ``articulation``: how far the lips move, as a multiple of the
-    model's predicted motion (``check_articulation``; README "Articulation")."""
+    model's predicted motion (``check_articulation``; README "Articulation"). ``keep_expression``:
+    the photo's own mouth (a smile, parted lips) is the rest the speech moves away from and back
+    to, instead of the closed mouth the model learned from its training speaker
+    (``Generator.rest_offsets``; README "Expression")."""
     model = model or load_model()
     compute_dtype(precision, model.device)  # a bad value fails now, not at the first frame
     check_articulation(articulation)
     p = prepare_inputs(face, audio, model.config.crop_size, fps, face_index)
-    yield from _frames(model, p, fps, chunk, progress, AudioConfig(), precision, articulation)
+    yield from _frames(model, p, fps, chunk, progress, AudioConfig(), precision, articulation, keep_expression)
 
 
 def _counted(frames: Iterator[np.ndarray], total: int, on_progress: Callable[[int, int], None]) -> Iterator[np.ndarray]:
@@ -315,13 +319,13 @@ def _counted(frames: Iterator[np.ndarray], total: int, on_progress: Callable[[in
 def generate(face: str | Path, audio: str | Path, out: str | Path | None = None, model: Model | None = None,
              fps: float = 25.0, face_index: int = 0, chunk: int = 50, seed: int = 0, progress: bool = True,
              on_progress: Callable[[int, int], None] | None = None, crf: int = 18, preset: str | None = None,
-             precision: str = "auto", articulation: float = 1.0):
+             precision: str = "auto", articulation: float = 1.0, keep_expression: bool = False):
     """Make the talking video. With ``out``: write an H.264 + AAC mp4 atomically and return its path;
     without: return the frames as a list (short clips only). ``progress`` shows a tqdm bar;
     ``on_progress(done, total)`` is called in the caller's thread as each frame is finished
     (written, with ``out``), from ``(0, total)`` once the inputs are read to ``(total, total)``.
     ``crf``/``preset``: H.264 quality and x264 preset of the mp4 (``media.write_video``);
-    ``precision``, ``articulation``: as for ``stream``."""
+    ``precision``, ``articulation``, ``keep_expression``: as for ``stream``."""
     torch.manual_seed(seed)  # the generator is deterministic; kept for future stochastic parts
     compute_dtype(precision, model.device if model else "cpu")
     check_articulation(articulation)
@@ -329,7 +333,7 @@ def generate(face: str | Path, audio: str | Path, out: str | Path | None = None,
         check_writable(out, inputs=[face, audio])
     model = model or load_model()
     p = prepare_inputs(face, audio, model.config.crop_size, fps, face_index)
-    frames = _frames(model, p, fps, chunk, progress, AudioConfig(), precision, articulation)
+    frames = _frames(model, p, fps, chunk, progress, AudioConfig(), precision, articulation, keep_expression)
     if out is None:
         return list(_counted(frames, p.n_frames, on_progress) if on_progress else frames)
     sound = read_audio(audio, OUTPUT_SAMPLE_RATE)

@@ -123,12 +123,20 @@ def frame_windows(feats: torch.Tensor, n_frames: int, fps: float = 25.0,
     left = int(max(0, -int(starts.min())))
     right = int(max(0, int(starts.max()) + w - m))
     if pad_value is None:
-        fill = feats.min(dim=1, keepdim=True).values  # (C, 1)
+        fill = silence_window(feats, cfg)[:, :1]  # (C, 1)
     else:
         fill = torch.full((c, 1), float(pad_value), dtype=feats.dtype)
     padded = torch.cat([fill.expand(c, left), feats, fill.expand(c, right)], dim=1)  # (C, M + pad)
     idx = (starts + left)[:, None] + torch.arange(w)[None]  # (T, w)
     return padded[:, idx].permute(1, 0, 2).contiguous()  # (T, C, w)
+
+
+def silence_window(feats: torch.Tensor, cfg: AudioConfig = AudioConfig()) -> torch.Tensor:
+    """One audio window of this utterance's silence: each band's minimum, the fill
+    ``frame_windows`` pads with. feats: (C, M) features, or all of an utterance's (T, C, steps)
+    windows -> (C, window_steps)."""
+    floor = feats.amin(dim=(0, 2)) if feats.dim() == 3 else feats.amin(dim=1)  # (C,)
+    return floor[:, None].expand(-1, cfg.window_steps)
 
 
 def audio_frame_features(audio: np.ndarray | torch.Tensor, n_frames: int, fps: float = 25.0,

@@ -121,7 +121,7 @@ def cmd_generate(args) -> int:
     model = api.load_model(args.checkpoint, args.device)
     out = api.generate(args.face, args.audio, args.out, model=model, fps=args.fps, face_index=args.face_index,
                        chunk=args.chunk, seed=args.seed, progress=not args.quiet, crf=args.crf, preset=args.preset, precision=args.precision,
-                       articulation=args.articulation)
+                       articulation=args.articulation, keep_expression=args.keep_expression)
     print(f"wrote {out}")
     return 0
 
@@ -147,12 +147,12 @@ def cmd_evaluate(args) -> int:
     if reader is None and Path(DEFAULT_LIP_READER).is_file():
         reader = DEFAULT_LIP_READER
     res = evaluate(args.checkpoint, args.corpus, args.split, args.sync_model, out, args.max_clips, progress=not args.quiet,
-                   lip_reader=reader or None, articulations=tuple(args.articulation))
+                   lip_reader=reader or None, articulations=tuple(args.articulation), keep_expression=args.keep_expression)
     if args.portraits and args.speech:
         from .evaluation.evaluate import evaluate_stills, stills_report
 
         stills = evaluate_stills(args.checkpoint, args.portraits, args.speech, args.sync_model, out,
-                                 articulations=tuple(args.articulation))
+                                 articulations=tuple(args.articulation), keep_expression=args.keep_expression)
         with open(out / "report.md", "a") as f:
             f.write(stills_report(stills))
     print((out / "report.md").read_text())
@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--articulation", type=_articulation, default=1.0, metavar="0-3",
                    help="how far the lips and jaw move, as a multiple of the predicted motion (default 1; "
                         "README \"Articulation\" says what 1.5-2 does on unseen voices)")
+    p.add_argument("--keep-expression", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep the photo's own mouth (a smile, parted lips) between words instead of "
+                        "closing it to a neutral rest (README \"Expression\")")
     common(p, config=False)
     p.set_defaults(func=cmd_generate)
 
@@ -256,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-clips", type=int, default=0, help="evaluate at most this many clips (0 = all)")
     p.add_argument("--articulation", type=_articulation, nargs="+", default=[1.0], metavar="A",
                    help="evaluate every checkpoint at each of these articulations (rows named 'NAME xA'; default 1)")
+    p.add_argument("--keep-expression", action=argparse.BooleanOptionalAction, default=False,
+                   help="generate every row with the reference's mouth as the rest (as `generate --keep-expression`)")
     p.add_argument("--portraits", help="folder of photos for the stills test (with --speech)")
     p.add_argument("--speech", help="folder of speech clips for the stills test")
     p.add_argument("-o", "--out", help="report folder (default runs/<time>-evaluate)")

@@ -104,6 +104,13 @@ class GeneratorConfig:
     # the warp has no source and the residual paints the mouth interior (a "gap" map the decoder
     # sees and the blend mask obeys). Upper teeth stay on the upper lip, lower teeth go with the jaw.
     flow_init: str = "gaussian"
+    # The colour of the residual (what the decoder paints: mouth interior, lip edges). "free": any
+    # RGB (v1-v5). "lips": a grey level plus a non-negative amount of the reference's own lip hue
+    # (its mean lip colour minus that colour's grey), so the interior painted on any face can only
+    # be that face's shades of lip colour, white and black. With "free", v5 painted cyan, purple and
+    # green bands into the mouths of the portraits: nothing in training (one speaker's mouth, a
+    # sync critic that sees grey frames) tied the painted hue to the photo.
+    residual_colour: str = "free"
     max_point_offset: float = 0.12  # landmarks move at most this fraction of the crop per frame
     feather_rows: int = 8  # rows blended with the photo at the top of the generated half
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from .audio import silence_window
 from .config import GeneratorConfig
 from .models.generator import Generator
 
@@ -53,21 +54,23 @@ def tensor_to_crops(x: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def generate_crops(model: Generator, ref_crop: np.ndarray, ref_points: np.ndarray, mel: torch.Tensor,
                    chunk: int = 50, device: str = "cpu", offsets: np.ndarray | None = None,
-                   articulation: float = 1.0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                   articulation: float = 1.0, keep_expression: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (crop (S, S, 3) uint8, lower-face points (K, 2) in crop units) per frame.
 
     ref_points: (K, 2) lower-face landmarks of the reference in [0, 1] crop units; mel: (T, n_mels, steps);
     offsets: (T, K, 2) landmark motion to draw instead of the model's own; articulation: scale of
-    the model's own motion (both: ``Generator.forward``).
+    the model's own motion (both: ``Generator.forward``); keep_expression: the reference's mouth is
+    the rest (``Generator.rest_offsets``), with silence taken from these windows.
     """
     model.eval()
     enc = model.encode_reference(crop_to_tensor(ref_crop).to(device),
                                  torch.as_tensor(ref_points, dtype=torch.float32)[None].to(device))
+    rest = model.rest_offsets(enc, silence_window(mel.float())[None].to(device)) if keep_expression else None
     state = None
     for s in range(0, len(mel), chunk):
         m = mel[s: s + chunk].float()[None].to(device)  # (1, t, n_mels, steps)
         off = None if offsets is None else torch.as_tensor(offsets[s: s + chunk], dtype=torch.float32)[None].to(device)
-        out = model(m, enc, state=state, offsets=off, articulation=articulation)
+        out = model(m, enc, state=state, offsets=off, articulation=articulation, rest=rest)
         state = out["state"]
         crops = tensor_to_crops(out["frames"][0])
         pts = out["points"][0].cpu().numpy()

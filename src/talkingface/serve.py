@@ -224,10 +224,10 @@ class Service:
 
     def make(self, face: str | Path, audio: str | Path, checkpoint: str | None = None,
              session: str | None = None, on_progress: Callable[[int, int], None] | None = None,
-             articulation: float = 1.0) -> Result:
+             articulation: float = 1.0, keep_expression: bool = False) -> Result:
         """Check the uploads and make the video, in a folder of its own in the session's folder
-        (two requests of one session never write the same file). ``articulation``: as in
-        ``api.generate``."""
+        (two requests of one session never write the same file). ``articulation``,
+        ``keep_expression``: as in ``api.generate``."""
         start = time.monotonic()
         face, audio = Path(face), Path(audio)
         try:
@@ -252,7 +252,7 @@ class Service:
                 log.info("generating %s + %s (%.1f s) with %s", face.name, audio.name, seconds, name)
                 try:
                     api.generate(source, audio, out, model=model, fps=FPS, progress=False, on_progress=on_progress,
-                                 articulation=articulation)
+                                 articulation=articulation, keep_expression=bool(keep_expression))
                 except TalkingFaceError as e:
                     raise TalkingFaceError(readable(str(e), names)) from None
         except BaseException:
@@ -291,7 +291,8 @@ def build_app(service: Service, concurrency: int = 1):
         raise gr.Error(message, duration=None, print_exception=False)
 
     # gr.Progress() as a default is how Gradio finds the progress bar to feed
-    def run(face, audio, checkpoint, articulation, request: gr.Request, progress=gr.Progress()):  # noqa: B008
+    def run(face, audio, checkpoint, articulation, keep_expression, request: gr.Request,
+            progress=gr.Progress()):  # noqa: B008
         session = getattr(request, "session_hash", None)
         if not face:
             fail("Upload a photo or a video of a face first.", session)
@@ -304,7 +305,7 @@ def build_app(service: Service, concurrency: int = 1):
             progress((done, total), desc="Generating", unit="frames")
 
         try:
-            result = service.make(face, audio, checkpoint, session, frames, articulation)
+            result = service.make(face, audio, checkpoint, session, frames, articulation, keep_expression)
         except TalkingFaceError as e:
             fail(str(e), session)
         except Exception as e:  # a bug: the log gets the traceback, the page one line
@@ -334,12 +335,14 @@ def build_app(service: Service, concurrency: int = 1):
                 articulation = gr.Slider(0.0, api.MAX_ARTICULATION, value=1.0, step=0.25, elem_id="articulation",
                                          label="Articulation: how far lips and jaw move (1 = as predicted; "
                                                "1.5-2 for a closed or smiling mouth)")
+                keep_expression = gr.Checkbox(False, elem_id="keep-expression",
+                                              label="Keep the photo's expression (a smile stays between words)")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
                 status = gr.Textbox(label="Status", interactive=False, lines=2, elem_id="status")
             with gr.Column():
                 video = gr.Video(label="Result", interactive=False, buttons=["download"], height=560, elem_id="result")
         # progress over the video; the status box shows what happened
-        event = button.click(run, [face, audio, checkpoint, articulation], [video, status], api_name="generate",
+        event = button.click(run, [face, audio, checkpoint, articulation, keep_expression], [video, status], api_name="generate",
                              show_progress_on=video)
         event.failure(failed, None, status, queue=False, api_visibility="private")
         demo.unload(goodbye)

@@ -173,7 +173,7 @@ def other_clip_index(k: int, speakers: list[str], collections: list[str]) -> int
 
 def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model: str | Path, out_dir: str | Path,
              max_clips: int = 0, progress: bool = True, lip_reader: str | Path | None = None,
-             articulations: tuple[float, ...] = (1.0,)) -> dict:
+             articulations: tuple[float, ...] = (1.0,), keep_expression: bool = False) -> dict:
     from tqdm import tqdm
 
     corpus = Path(corpus)
@@ -247,12 +247,14 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
             res[LOUDNESS] = clip_metrics(loud, real, real_lm, real_curves, ref, mel, silent, expert, av_offset=av,
                                          by_viseme=by_viseme.setdefault(LOUDNESS, {}), **vk)[0]
         for name, (g, art) in gens.items():
-            gen = np.stack([x for x, _ in generate_crops(g, ref, c.points[ri].numpy(), mel, articulation=art)])
+            gen = np.stack([x for x, _ in generate_crops(g, ref, c.points[ri].numpy(), mel, articulation=art,
+                                                      keep_expression=keep_expression)])
             res[name], gen_curves = clip_metrics(gen, real, real_lm, real_curves, ref, mel, silent, expert, av_offset=av,
                                                  by_viseme=by_viseme.setdefault(name, {}), **vk)
             # cross-audio: the same face driven by another clip's audio (another speaker where possible)
             omel = other.mel.float()
-            xgen = np.stack([x for x, _ in generate_crops(g, ref, c.points[ri].numpy(), omel, articulation=art)])
+            xgen = np.stack([x for x, _ in generate_crops(g, ref, c.points[ri].numpy(), omel, articulation=art,
+                                                       keep_expression=keep_expression)])
             osil = M.silence_mask(sf.read(corpus / "clips" / other.clip / "audio.wav", dtype="float32")[0], len(omel))
             res[f"{name} (cross-audio)"] = clip_metrics(xgen, real, real_lm, real_curves, ref, omel, osil, expert,
                                                         with_truth=False)[0]
@@ -291,7 +293,8 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
     cal_wins = {k: int(np.sum(np.array(calib["real audio"]) < np.array(v))) for k, v in calib.items()
                 if k != "real audio" and not k.endswith(("LSE-C", "LSE-D"))} if calib else {}
     result = {"corpus": str(corpus), "split": split, "clips": [c.clip for c in clips], "sync_model": str(sync_model),
-              "sync_model_meta": meta, "checkpoints": checkpoints, "articulations": list(articulations), "summary": summary, "by_group": by_group, "calibration": cal,
+              "sync_model_meta": meta, "checkpoints": checkpoints, "articulations": list(articulations),
+              "keep_expression": keep_expression, "summary": summary, "by_group": by_group, "calibration": cal,
               "calibration_real_wins": cal_wins, "per_clip": per_clip, "seconds": round(time.time() - t0, 1),
               "sync_by_viseme": {sys_: {v: {"mean": float(np.mean(d)), "n": len(d)} for v, d in vs.items()}
                                  for sys_, vs in by_viseme.items()}}
@@ -389,7 +392,10 @@ def _report(r: dict) -> str:
         if all(c + key in cal for c in conditions):
             order = sorted(conditions, key=lambda c: cal[c + key])
             lines.append(f"\nRanked by {title} (best first): " + " < ".join(f"{c} ({cal[c + key]:.3f})" for c in order))
-    lines += ["", "## Results", "", "| system | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += ["", "## Results", ""]
+    if r.get("keep_expression"):
+        lines += ["Generated with `--keep-expression`: the reference frame's mouth is each model's rest.", ""]
+    lines += ["| system | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for name, m in s.items():
         lines.append(f"| {name} | " + " | ".join(f"{m[c]:.3f}" if c in m and np.isfinite(m[c]) else "" for c in cols) + " |")
     short = ["psnr_mouth", "ssim_mouth", "lmd_norm", "open_corr", "open_corr_av", "open_amp", "width_corr", "width_corr_av",
@@ -430,7 +436,8 @@ def _report(r: dict) -> str:
 
 
 def evaluate_stills(checkpoints: list[str], portraits: str | Path, speech: str | Path, sync_model: str | Path,
-                    out_dir: str | Path, progress: bool = True, articulations: tuple[float, ...] = (1.0,)) -> dict:
+                    out_dir: str | Path, progress: bool = True, articulations: tuple[float, ...] = (1.0,),
+                    keep_expression: bool = False) -> dict:
     """The stills test: every portrait driven by a speech clip (taken in turn), through the full
     `generate` pipeline. Saves full-size contact sheets and returns sync and smoothness measures,
     computed on the generated frames re-aligned with the photo's own alignment."""
@@ -457,7 +464,8 @@ def evaluate_stills(checkpoints: list[str], portraits: str | Path, speech: str |
         for i, photo in enumerate(photos):
             sp = clips[i % len(clips)]
             p = api.prepare_inputs(photo, sp, model.config.crop_size)
-            frames = list(api._frames(model, p, 25.0, 50, False, api.AudioConfig(), articulation=art))
+            frames = list(api._frames(model, p, 25.0, 50, False, api.AudioConfig(), articulation=art,
+                                      keep_expression=keep_expression))
             crops = np.stack([warp_face(f, p.src_matrix, model.config.crop_size) for f in frames])
             mel = frame_windows(p.mel, len(frames))
             ls = M.lse(expert, lower(crops), mel)

@@ -66,6 +66,9 @@ _CORNERS = [0, 10, 20, 30]
 UPPER_LAYER = list(range(0, 11)) + list(range(20, 31))  # upper lip, outer and inner
 LOWER_LAYER = [k for k in range(len(LOWER_FACE)) if k not in UPPER_LAYER] + _CORNERS  # lower lip, jaw, chin, cheeks
 INNER_TOP, INNER_BOTTOM = list(range(20, 31)), [20] + list(range(31, 40)) + [30]
+# Outer and inner lip points paired across the lip body (corners left out: there the pair meets at
+# the skin): their midpoints sample the lips' own colour (GeneratorConfig.residual_colour).
+LIP_BODY_PAIRS = [(k, 20 + k) for k in range(1, 10)] + [(11 + k, 31 + k) for k in range(9)]
 assert LOWER_FACE[: len(LIPS)].tolist() == LIPS.tolist()
 
 
@@ -104,6 +107,12 @@ class Generator(nn.Module):
         if cfg.flow_init not in ("gaussian", "layered"):
             raise ValueError(f"generator.flow_init must be 'gaussian' or 'layered', got {cfg.flow_init!r}")
         gap_ch = int(cfg.flow_init == "layered")  # + the gap map at the three finest scales
+        if cfg.residual_colour not in ("free", "lips"):
+            raise ValueError(f"generator.residual_colour must be 'free' or 'lips', got {cfg.residual_colour!r}")
+        if cfg.residual_colour == "lips" and cfg.render == "paint":
+            raise ValueError("generator.residual_colour = 'lips' needs render = 'warp': a painted face is not all lip")
+        # The residual: RGB, or (grey level, amount of lip hue).
+        res_ch = 3 if cfg.residual_colour == "free" else 2
         self.fc = nn.Linear(cfg.hidden, c[3] * self.h0 * self.w0)
         # Each up stage: concat(previous, identity skip of the lower half [, flow0, warped ref, gap]) -> conv.
         self.up3 = nn.Sequential(conv_block(c[3] * 2, c[2]), ResBlock(c[2]))  # at S/16 -> then x2
@@ -111,10 +120,11 @@ class Generator(nn.Module):
         # The two finest scales are thin: they only refine what the warp already placed.
         self.up1 = conv_block(c[1] * 2 + 2 + 3 + gap_ch, c[0])  # S/8
         self.up0 = conv_block(c[0] * 2 + 2 + 3 + gap_ch, c[0] // 2)  # S/4
-        self.out = nn.Sequential(conv_block(c[0] // 2 + 3 + 3 + gap_ch, c[0] // 2), nn.Conv2d(c[0] // 2, 6, 3, 1, 1))
+        self.out = nn.Sequential(conv_block(c[0] // 2 + 3 + 3 + gap_ch, c[0] // 2), nn.Conv2d(c[0] // 2, 3 + res_ch, 3, 1, 1))
         nn.init.zeros_(self.out[-1].weight)
         with torch.no_grad():  # start as "copy the warped photo": mask ~ 1
-            self.out[-1].bias.copy_(torch.tensor([0.0, 0.0, 4.0, 0.0, 0.0, 0.0]))
+            self.out[-1].bias.zero_()
+            self.out[-1].bias[2] = 4.0
 
     def motion_parameters(self) -> list[nn.Parameter]:
         """The parameters only the audio -> motion half uses (the identity encoder, which the
@@ -130,7 +140,18 @@ class Generator(nn.Module):
         skips, idv = self.identity_encoder(ref)
         half = [sk[:, :, sk.shape[2] // 2:] for sk in skips]  # lower half of every skip
         pts = self.points_in((ref_points - 0.5).flatten(1))
-        return {"ref": ref, "ref_points": ref_points, "skips": half, "id": idv, "points_feat": pts}
+        return {"ref": ref, "ref_points": ref_points, "skips": half, "id": idv, "points_feat": pts,
+                "lip_hue": self.lip_hue(ref, ref_points)}
+
+    @staticmethod
+    def lip_hue(ref: torch.Tensor, ref_points: torch.Tensor) -> torch.Tensor:
+        """The reference's mean lip colour minus its grey: (B, 3), zero for a grey photo.
+        ref: (B, 3, S, S) in [-1, 1]; ref_points: (B, K, 2) in crop units."""
+        outer, inner = zip(*LIP_BODY_PAIRS)
+        body = (ref_points[:, list(outer)] + ref_points[:, list(inner)]) / 2  # (B, 18, 2)
+        colour = F.grid_sample(ref, body[:, None] * 2 - 1, mode="bilinear", align_corners=False)  # (B, 3, 1, 18)
+        colour = colour.mean((2, 3))  # (B, 3)
+        return colour - colour.mean(1, keepdim=True)
 
     def encode_motion_reference(self, ref: torch.Tensor, ref_points: torch.Tensor) -> dict:
         """What ``motion`` alone needs: without ``motion_identity`` the identity encoder (the
@@ -141,7 +162,8 @@ class Generator(nn.Module):
 
     def forward(self, mel: torch.Tensor, ref: torch.Tensor | dict, ref_points: torch.Tensor | None = None,
                 state: torch.Tensor | None = None, crops: bool = True, offsets: torch.Tensor | None = None,
-                use_offsets: torch.Tensor | None = None, articulation: float = 1.0) -> dict:
+                use_offsets: torch.Tensor | None = None, articulation: float = 1.0,
+                rest: torch.Tensor | None = None) -> dict:
         """mel: (B, T, n_mels, steps) per-frame audio windows; ref: (B, 3, S, S) or an encoded
         reference; ref_points: (B, K, 2). Returns frames (B, T, 3, S, S), lower (B, T, 3, S/2, S),
         points (B, T, K, 2), flow, mask, residual and the recurrent state for the next chunk.
@@ -153,14 +175,17 @@ class Generator(nn.Module):
         ``articulation`` scales the motion head's offsets from the reference shape before drawing
         (1 = as predicted): on voices unlike the training speaker's the head's motion is damped
         (~0.6 of the real swing on the unseen speakers), and this is the user's say in it. Given
-        ``offsets`` are drawn as they are."""
+        ``offsets`` are drawn as they are. ``rest`` (B, K, 2): offsets to take off the motion head's
+        before scaling them, so that this motion is drawn as no motion (``rest_offsets``: keep the
+        photo's own expression)."""
         enc = ref if isinstance(ref, dict) else self.encode_reference(ref, ref_points)
         b, t = mel.shape[:2]
         m = self.motion(mel, enc, state)
         predicted = m["points"]
-        if articulation != 1.0:
+        if articulation != 1.0 or rest is not None:
             lim = self.cfg.max_point_offset  # the range the renderer was trained to draw
-            m["offsets"] = (m["offsets"] * articulation).clamp(-lim, lim)
+            off = m["offsets"] if rest is None else m["offsets"] - rest[:, None]
+            m["offsets"] = (off * articulation).clamp(-lim, lim)
             m["points"] = enc["ref_points"][:, None] + m["offsets"]
         if offsets is not None:
             if use_offsets is not None:
@@ -187,6 +212,15 @@ class Generator(nn.Module):
             h = self.frame_mlp(x)
         off = torch.tanh(self.motion_head(h)).view(b, t, -1, 2) * self.cfg.max_point_offset
         return {"h": h, "offsets": off, "points": enc["ref_points"][:, None] + off, "state": state}
+
+    def rest_offsets(self, enc: dict, silence: torch.Tensor, frames: int = 8) -> torch.Tensor:
+        """The motion the head predicts for this reference during silence: (B, K, 2).
+
+        silence: (B, n_mels, steps) one audio window of silence (``audio.silence_window``). Trained on one speaker filmed with a closed, neutral mouth, the head moves any
+        face toward that rest shape when nobody speaks, and a smiling portrait's smile closes.
+        Passed as ``forward(rest=...)``, the photo's expression becomes the rest instead."""
+        mel = silence[:, None].expand(-1, frames, -1, -1)  # (B, F, n_mels, steps)
+        return self.motion(mel, enc)["offsets"][:, -1]
 
     # ------------------------------------------------------------------------------------------
     def _initial_flow(self, points: torch.Tensor, off: torch.Tensor, hw: tuple[int, int],
@@ -312,7 +346,11 @@ class Generator(nn.Module):
             # and nowhere far from the mouth: elsewhere the warped photo has every pixel needed, and a
             # decoder trained on one face otherwise pastes stray colour on unusual photos.
             mask = 1 - (1 - mask * (1 - gap)) * self._mouth_region(points, (s // 2, s))
-        rgb = torch.tanh(o[:, 3:6])
+        if self.cfg.residual_colour == "free":
+            rgb = torch.tanh(o[:, 3:6])
+        else:  # grey level + up to twice the lips' own hue (a mouth's cavity is deeper red than its lips)
+            hue = rep(enc["lip_hue"])[:, :, None, None]  # (N, 3, 1, 1)
+            rgb = (torch.tanh(o[:, 3:4]) + 2 * torch.sigmoid(o[:, 4:5]) * hue).clamp(-1, 1)
         v = lambda x: x.view(b, t, *x.shape[1:])  # noqa: E731
         paint = self.cfg.render == "paint"
         if paint:
