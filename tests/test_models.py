@@ -485,7 +485,8 @@ def test_lip_coloured_residual_paints_only_the_photos_lip_hue():
     for a, b in LIP_BODY_PAIRS:  # paint the lip body red
         x, y = ((ref_pts[0, a] + ref_pts[0, b]) / 2 * S).round().long().tolist()
         img[0, :, y - 1: y + 2, x - 1: x + 2] = lips[:, None, None]
-    hue = Generator.lip_hue(img, ref_pts)[0]
+    colour = Generator.lip_colour(img, ref_pts)[0]
+    hue = colour - colour.mean()
     torch.testing.assert_close(hue, lips - lips.mean(), atol=0.02, rtol=0)
     with torch.no_grad():
         res = g(_mel(1, 2), img, ref_pts, crops=False)["residual"][0].flatten(2)  # (T, 3, P)
@@ -508,6 +509,14 @@ def test_lip_coloured_residual_paints_only_the_photos_lip_hue():
     assert float((fres - fres.mean(2, keepdim=True)).abs().max()) > 0.1
     with pytest.raises(ValueError, match="residual_colour"):
         Generator(dataclasses.replace(TINY_G, residual_colour="rainbow"))
+
+    # "lips-relative": the grey level is an offset from the lips' grey, so an untrained decoder
+    # paints exactly the lip colour ("lips": the hue alone, around mid-grey).
+    for kind, expect in (("lips-relative", colour), ("lips", hue)):
+        fresh = Generator(dataclasses.replace(cfg, residual_colour=kind)).eval()
+        with torch.no_grad():
+            r = fresh(_mel(1, 1), img, ref_pts, crops=False)["residual"][0, 0]  # (3, S/2, S)
+        torch.testing.assert_close(r, expect[:, None, None].expand_as(r), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="warp"):
         Generator(dataclasses.replace(TINY_G, residual_colour="lips", render="paint"))
 

@@ -109,7 +109,10 @@ class GeneratorConfig:
     # (its mean lip colour minus that colour's grey), so the interior painted on any face can only
     # be that face's shades of lip colour, white and black. With "free", v5 painted cyan, purple and
     # green bands into the mouths of the portraits: nothing in training (one speaker's mouth, a
-    # sync critic that sees grey frames) tied the painted hue to the photo.
+    # sync critic that sees grey frames) tied the painted hue to the photo. "lips-relative": the
+    # grey level is an offset from the lips' own grey (at initialisation the residual IS the lip
+    # colour): with "lips", v6 painted wide-open mouths of the portraits light grey (mean level
+    # +0.2 in [-1, 1]) where s1's interior is dark (-0.4), a grey level learnt on one face.
     residual_colour: str = "free"
     max_point_offset: float = 0.12  # landmarks move at most this fraction of the crop per frame
     feather_rows: int = 8  # rows blended with the photo at the top of the generated half

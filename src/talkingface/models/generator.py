@@ -107,10 +107,11 @@ class Generator(nn.Module):
         if cfg.flow_init not in ("gaussian", "layered"):
             raise ValueError(f"generator.flow_init must be 'gaussian' or 'layered', got {cfg.flow_init!r}")
         gap_ch = int(cfg.flow_init == "layered")  # + the gap map at the three finest scales
-        if cfg.residual_colour not in ("free", "lips"):
-            raise ValueError(f"generator.residual_colour must be 'free' or 'lips', got {cfg.residual_colour!r}")
-        if cfg.residual_colour == "lips" and cfg.render == "paint":
-            raise ValueError("generator.residual_colour = 'lips' needs render = 'warp': a painted face is not all lip")
+        if cfg.residual_colour not in RESIDUAL_COLOURS:
+            raise ValueError(f"generator.residual_colour must be one of {RESIDUAL_COLOURS}, got {cfg.residual_colour!r}")
+        if cfg.residual_colour != "free" and cfg.render == "paint":
+            raise ValueError(f"generator.residual_colour = {cfg.residual_colour!r} needs render = 'warp': "
+                             "a painted face is not all lip")
         # The residual: RGB, or (grey level, amount of lip hue).
         res_ch = 3 if cfg.residual_colour == "free" else 2
         self.fc = nn.Linear(cfg.hidden, c[3] * self.h0 * self.w0)
@@ -141,17 +142,17 @@ class Generator(nn.Module):
         half = [sk[:, :, sk.shape[2] // 2:] for sk in skips]  # lower half of every skip
         pts = self.points_in((ref_points - 0.5).flatten(1))
         return {"ref": ref, "ref_points": ref_points, "skips": half, "id": idv, "points_feat": pts,
-                "lip_hue": self.lip_hue(ref, ref_points)}
+                "lip_colour": self.lip_colour(ref, ref_points)}
 
     @staticmethod
-    def lip_hue(ref: torch.Tensor, ref_points: torch.Tensor) -> torch.Tensor:
-        """The reference's mean lip colour minus its grey: (B, 3), zero for a grey photo.
+    def lip_colour(ref: torch.Tensor, ref_points: torch.Tensor) -> torch.Tensor:
+        """The reference's mean lip colour: (B, 3) in [-1, 1]. Its grey is the mean over the three
+        channels, its hue what is left (zero for a grey photo).
         ref: (B, 3, S, S) in [-1, 1]; ref_points: (B, K, 2) in crop units."""
         outer, inner = zip(*LIP_BODY_PAIRS)
         body = (ref_points[:, list(outer)] + ref_points[:, list(inner)]) / 2  # (B, 18, 2)
         colour = F.grid_sample(ref, body[:, None] * 2 - 1, mode="bilinear", align_corners=False)  # (B, 3, 1, 18)
-        colour = colour.mean((2, 3))  # (B, 3)
-        return colour - colour.mean(1, keepdim=True)
+        return colour.mean((2, 3))
 
     def encode_motion_reference(self, ref: torch.Tensor, ref_points: torch.Tensor) -> dict:
         """What ``motion`` alone needs: without ``motion_identity`` the identity encoder (the
@@ -349,8 +350,10 @@ class Generator(nn.Module):
         if self.cfg.residual_colour == "free":
             rgb = torch.tanh(o[:, 3:6])
         else:  # grey level + up to twice the lips' own hue (a mouth's cavity is deeper red than its lips)
-            hue = rep(enc["lip_hue"])[:, :, None, None]  # (N, 3, 1, 1)
-            rgb = (torch.tanh(o[:, 3:4]) + 2 * torch.sigmoid(o[:, 4:5]) * hue).clamp(-1, 1)
+            lips = rep(enc["lip_colour"])[:, :, None, None]  # (N, 3, 1, 1)
+            grey = lips.mean(1, keepdim=True)
+            level = torch.tanh(o[:, 3:4]) + (grey if self.cfg.residual_colour == "lips-relative" else 0)
+            rgb = (level + 2 * torch.sigmoid(o[:, 4:5]) * (lips - grey)).clamp(-1, 1)
         v = lambda x: x.view(b, t, *x.shape[1:])  # noqa: E731
         paint = self.cfg.render == "paint"
         if paint:
@@ -367,6 +370,7 @@ class Generator(nn.Module):
         return {"frames": v(frames), "lower": v(lower), "flow": v(flow), "mask": v(mask), "residual": v(rgb)}
 
 
+RESIDUAL_COLOURS = ("free", "lips", "lips-relative")  # GeneratorConfig.residual_colour
 MOTION_MODULES = ("audio_encoder", "points_in", "gru", "frame_mlp", "motion_head")  # Generator.motion_parameters
 
 
