@@ -83,6 +83,12 @@ def test_evaluate_writes_report(setup, tmp_path):
     assert "## Calibration" in report and "| still |" in report and "| gen |" in report and "| gen x2 |" in report
     assert "Ranked by LSE-D (best first): " in report
     assert f"| still face | {res['calibration']['still face']:.3f} | {wins['still face']}/2 clips |" in report
+    # One group holding every clip: its calibration is the overall one.
+    grp = res["calibration_by_group"]["unseen speakers"]
+    assert grp["still face"]["sync_dist_at_0"] == pytest.approx(res["calibration"]["still face"])
+    assert grp["audio shifted 1 s"]["lse_d"] == pytest.approx(res["calibration"]["audio shifted 1 s LSE-D"])
+    assert grp["still face"]["real_wins"] == wins["still face"]
+    assert f"| unseen speakers (2 clips) | {grp['real audio']['sync_dist_at_0']:.3f} / " in report
     assert json.loads((out / "metrics.json").read_text())["split"] == "test"
     assert (out / "metrics.png").stat().st_size > 1000
     assert list((out / "sheets").glob("*.jpg"))

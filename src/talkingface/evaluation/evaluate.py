@@ -292,10 +292,21 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
     # How clearly real audio wins: on how many clips its distance at offset 0 is below each mismatch's.
     cal_wins = {k: int(np.sum(np.array(calib["real audio"]) < np.array(v))) for k, v in calib.items()
                 if k != "real audio" and not k.endswith(("LSE-C", "LSE-D"))} if calib else {}
+    # The calibration again within each group: the expert was trained on one speaker, and whether it
+    # still ranks real audio first on people it never saw is what decides if its numbers there mean sync.
+    cal_groups = {}
+    for grp in by_group:
+        ks = [k for k, c in enumerate(clips) if group_of[c.clip] == grp]
+        real_d = np.array(calib["real audio"])[ks]
+        cal_groups[grp] = {label: {"sync_dist_at_0": float(np.mean(np.array(calib[label])[ks])),
+                                   "lse_d": float(np.mean(np.array(calib[label + " LSE-D"])[ks])),
+                                   "real_wins": int(np.sum(real_d < np.array(calib[label])[ks]))}
+                           for label in calib if not label.endswith(("LSE-C", "LSE-D"))} if calib else {}
     result = {"corpus": str(corpus), "split": split, "clips": [c.clip for c in clips], "sync_model": str(sync_model),
               "sync_model_meta": meta, "checkpoints": checkpoints, "articulations": list(articulations),
               "keep_expression": keep_expression, "summary": summary, "by_group": by_group, "calibration": cal,
-              "calibration_real_wins": cal_wins, "per_clip": per_clip, "seconds": round(time.time() - t0, 1),
+              "calibration_real_wins": cal_wins,
+              "calibration_by_group": cal_groups, "per_clip": per_clip, "seconds": round(time.time() - t0, 1),
               "sync_by_viseme": {sys_: {v: {"mean": float(np.mean(d)), "n": len(d)} for v, d in vs.items()}
                                  for sys_, vs in by_viseme.items()}}
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -392,6 +403,15 @@ def _report(r: dict) -> str:
         if all(c + key in cal for c in conditions):
             order = sorted(conditions, key=lambda c: cal[c + key])
             lines.append(f"\nRanked by {title} (best first): " + " < ".join(f"{c} ({cal[c + key]:.3f})" for c in order))
+    groups = {g: v for g, v in r.get("calibration_by_group", {}).items() if v}
+    if groups:
+        lines += ["", "Per group: sync distance at offset 0 / LSE-D (real audio closer at offset 0 on n of the group's clips):", "",
+                  "| group | " + " | ".join(conditions) + " |", "|---|" + "---|" * len(conditions)]
+        for g, v in groups.items():
+            n = r["by_group"][g]["clips"]
+            lines.append(f"| {g} ({n} clips) | " + " | ".join(
+                f"{v[c]['sync_dist_at_0']:.3f} / {v[c]['lse_d']:.3f}" + ("" if c == "real audio" else f" ({v[c]['real_wins']}/{n})")
+                for c in conditions) + " |")
     lines += ["", "## Results", ""]
     if r.get("keep_expression"):
         lines += ["Generated with `--keep-expression`: the reference frame's mouth is each model's rest.", ""]
