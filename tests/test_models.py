@@ -547,3 +547,25 @@ def test_rest_offsets_make_silence_draw_the_photo_as_it_is():
     lim = g.cfg.max_point_offset
     torch.testing.assert_close(moved["points"] - pts[:, None],
                                (1.5 * (plain["points"] - pts[:, None] - rest[:, None])).clamp(-lim, lim))
+
+
+def test_flow_refinement_can_be_kept_to_the_landmarks():
+    """With flow_refine = "landmarks", a decoder that asks for the largest refinement everywhere
+    gets it on the lips and none at the bottom of the crop, far below the chin (the collar);
+    the default refines anywhere in the lower half. Bad values are refused."""
+    ref = _template_points()
+    img = torch.rand(1, 3, S, S) * 2 - 1
+    flows = {}
+    for kind in ("lower-half", "landmarks"):
+        g = Generator(dataclasses.replace(TINY_G, flow_refine=kind)).eval()
+        with torch.no_grad():
+            g.out[-1].bias[0:2] = 10.0  # tanh -> 1: the full 0.05 on both axes
+            flows[kind] = g(_mel(1, 1), img, ref, offsets=torch.zeros(1, 1, K, 2), crops=False)["flow"][0, 0]  # (2, S/2, S)
+    mouth = ref[0, :40].mean(0)
+    r, c = round((float(mouth[1]) - 0.5) * S), round(float(mouth[0]) * S)
+    assert float(flows["landmarks"][0, r, c]) > 0.04  # on the lips: refined
+    assert float(flows["landmarks"][:, -3:].abs().max()) < 0.01  # bottom rows, below the chin: little
+    assert float(flows["landmarks"][:, -8:, :16].abs().max()) < 1e-3  # bottom corner (neck, collar): none
+    assert float(flows["lower-half"][:, -3:].min()) > 0.049
+    with pytest.raises(ValueError, match="flow_refine"):
+        Generator(dataclasses.replace(TINY_G, flow_refine="nowhere"))

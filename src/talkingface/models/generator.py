@@ -112,6 +112,8 @@ class Generator(nn.Module):
         if cfg.residual_colour != "free" and cfg.render == "paint":
             raise ValueError(f"generator.residual_colour = {cfg.residual_colour!r} needs render = 'warp': "
                              "a painted face is not all lip")
+        if cfg.flow_refine not in ("lower-half", "landmarks"):
+            raise ValueError(f"generator.flow_refine must be 'lower-half' or 'landmarks', got {cfg.flow_refine!r}")
         # The residual: RGB, or (grey level, amount of lip hue).
         res_ch = 3 if cfg.residual_colour == "free" else 2
         self.fc = nn.Linear(cfg.hidden, c[3] * self.h0 * self.w0)
@@ -280,6 +282,15 @@ class Generator(nn.Module):
         gap = span * (torch.minimum(-d_up, -d_low) / soft).clamp(0, 1)  # (N, 1, S/2, S)
         return flow, gap
 
+    def _landmark_reach(self, points: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """(N, 1, h, w) on the lower-half grid: exp(-d^2 / 2 sigma^2), d the distance to the nearest
+        landmark (crop units), sigma = flow_sigma: 1 on a landmark, ~0.14 two sigmas away."""
+        h, w = hw
+        xs, ys = lower_half_grid(h, w, points.dtype)
+        grid = torch.stack(torch.meshgrid(xs, ys[:, 0], indexing="xy"), -1).reshape(1, h * w, 1, 2)  # (1, HW, 1, 2)
+        d2 = ((grid - points[:, None]) ** 2).sum(-1).amin(-1)  # (N, HW)
+        return torch.exp(-d2 / (2 * self.cfg.flow_sigma**2)).view(-1, 1, h, w)
+
     def _mouth_region(self, points: torch.Tensor, hw: tuple[int, int], margin: float = 0.03) -> torch.Tensor:
         """(N, 1, h, w) on the lower-half grid: 1 inside an ellipse around the (moved) lips grown by
         ``margin`` crop units, fading to 0 over another margin."""
@@ -344,7 +355,10 @@ class Generator(nn.Module):
         warped0 = warp(ref_rep, flow_full)
         gi = [gap] if layered else []
         o = cat_conv(self.out, [x, ref_low, warped0, *gi], [False, True, False] + [False] * len(gi), b, t)  # (N, 6, S/2, S)
-        flow = flow_full + 0.05 * torch.tanh(o[:, 0:2])
+        refine = 0.05 * torch.tanh(o[:, 0:2])
+        if self.cfg.flow_refine == "landmarks":  # smooth: computed on the coarse grid
+            refine = refine * at(self._landmark_reach(points, (s // 8, s // 4)), (s // 2, s))
+        flow = flow_full + refine
         mask = torch.sigmoid(o[:, 2:3])
         if layered:  # where the lips parted the photo has no pixels to warp: the residual paints there
             # and nowhere far from the mouth: elsewhere the warped photo has every pixel needed, and a
