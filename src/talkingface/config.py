@@ -114,7 +114,7 @@ class GeneratorConfig:
     # colour): with "lips", v6 painted wide-open mouths of the portraits light grey (mean level
     # +0.2 in [-1, 1]) where s1's interior is dark (-0.4), a grey level learnt on one face.
     residual_colour: str = "free"
-    # Where the decoder may refine the landmark flow (by up to 0.05 crop units). "lower-half" (v1-v7):
+    # Where the decoder may refine the landmark flow (by up to 0.05 crop units). "lower-half" (v1-v6):
     # anywhere, and v6 learnt to shift Biden's collar by up to 0.046 there, tearing it.
     # "landmarks": only near the lower-face landmarks (weight exp(-d^2 / 2 sigma^2) with d the
     # distance to the nearest one and sigma = flow_sigma): the photo's neck, collar and background
