@@ -237,13 +237,17 @@ class Generator(nn.Module):
         landmarks. -> (N, 2, h, w)."""
         if layer is not None:
             points, off = points[:, layer], off[:, layer]
-        h, w = hw
-        xs, ys = lower_half_grid(h, w, points.dtype)
-        grid = torch.stack(torch.meshgrid(xs, ys[:, 0], indexing="xy"), -1).reshape(1, h * w, 1, 2)  # (1, HW, 1, 2)
-        d2 = ((grid - points[:, None]) ** 2).sum(-1)  # (N, HW, K)
-        g = torch.exp(-d2 / (2 * self.cfg.flow_sigma**2))
+        g = torch.exp(-self._landmark_d2(points, hw) / (2 * self.cfg.flow_sigma**2))  # (N, HW, K)
         flow = -(g @ off) / (g.sum(-1, keepdim=True) + 0.05)  # (N, HW, 2); 0.05 = weight of "no motion"
-        return flow.transpose(1, 2).reshape(-1, 2, h, w)
+        return flow.transpose(1, 2).reshape(-1, 2, *hw)
+
+    @staticmethod
+    def _landmark_d2(points: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """Squared distance (crop units) from every pixel of an (h, w) lower-half grid to every
+        landmark: points (N, K, 2) -> (N, h*w, K)."""
+        xs, ys = lower_half_grid(*hw, points.dtype)
+        grid = torch.stack(torch.meshgrid(xs, ys[:, 0], indexing="xy"), -1).reshape(1, -1, 1, 2)  # (1, HW, 1, 2)
+        return ((grid - points[:, None]) ** 2).sum(-1)
 
     def _layered_flow(self, points: torch.Tensor, off: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The "layered" initial flow (GeneratorConfig.flow_init) and the gap map on the full
@@ -285,11 +289,8 @@ class Generator(nn.Module):
     def _landmark_reach(self, points: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """(N, 1, h, w) on the lower-half grid: exp(-d^2 / 2 sigma^2), d the distance to the nearest
         landmark (crop units), sigma = flow_sigma: 1 on a landmark, ~0.14 two sigmas away."""
-        h, w = hw
-        xs, ys = lower_half_grid(h, w, points.dtype)
-        grid = torch.stack(torch.meshgrid(xs, ys[:, 0], indexing="xy"), -1).reshape(1, h * w, 1, 2)  # (1, HW, 1, 2)
-        d2 = ((grid - points[:, None]) ** 2).sum(-1).amin(-1)  # (N, HW)
-        return torch.exp(-d2 / (2 * self.cfg.flow_sigma**2)).view(-1, 1, h, w)
+        d2 = self._landmark_d2(points, hw).amin(-1)  # (N, HW): to the nearest landmark
+        return torch.exp(-d2 / (2 * self.cfg.flow_sigma**2)).view(-1, 1, *hw)
 
     def _mouth_region(self, points: torch.Tensor, hw: tuple[int, int], margin: float = 0.03) -> torch.Tensor:
         """(N, 1, h, w) on the lower-half grid: 1 inside an ellipse around the (moved) lips grown by
