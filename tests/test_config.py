@@ -28,3 +28,24 @@ def test_json_round_trip(tmp_path):
     save_config(cfg, tmp_path / "c.json")
     assert json.loads((tmp_path / "c.json").read_text())["face"]["iod"] == 0.25
     assert config_from_json(DataConfig, tmp_path / "c.json") == cfg
+
+
+def test_sync_expert_visual_round_trips_and_defaults_to_crops(tmp_path):
+    """configs/sync_eval_landmarks.toml builds a landmark expert trained like configs/sync_eval.toml
+    (same data and seed); the field survives config.json; older configs without it read pixels."""
+    from pathlib import Path
+
+    from talkingface.config import SyncExpertConfig, TrainConfig, to_dict
+
+    root = Path(__file__).parents[1] / "configs"
+    lm = load_config(TrainConfig, root / "sync_eval_landmarks.toml")
+    px = load_config(TrainConfig, root / "sync_eval.toml")
+    assert lm.kind == "sync" and lm.sync.visual == "landmarks" and px.sync.visual == "crops"
+    assert (lm.corpus, lm.selection, lm.seed, lm.val_split) == (px.corpus, px.selection, px.seed, px.val_split)
+    save_config(lm, tmp_path / "c.json")
+    assert config_from_json(TrainConfig, tmp_path / "c.json") == lm
+    old = to_dict(SyncExpertConfig())
+    del old["visual"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert config_from_json(SyncExpertConfig, tmp_path / "old.json").visual == "crops"
+    assert load_config(TrainConfig, None, ["sync.visual=landmarks"]).sync.visual == "landmarks"

@@ -121,6 +121,48 @@ def test_stills_and_cli_errors(setup, tmp_path):
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_landmark_sync_measure_without_checkpoints(setup, tmp_path):
+    """`evaluate` with no generator and a landmark sync expert: real and still rows get the *_lm
+    sync columns, and the calibration (pooled and per group) is measured a second time with it."""
+    from talkingface.errors import TalkingFaceError
+
+    corpus, models = setup
+    torch.manual_seed(0)
+    lcfg = SyncExpertConfig(width=8, dim=32, audio=AudioEncoderConfig(width=8), visual="landmarks")
+    export_model(tmp_path / "lm.pt", "sync", SyncExpert(lcfg), lcfg)
+    res = evaluate([], corpus, "test", models / "sync.pt", tmp_path / "ev", progress=False, lip_reader=None,
+                   landmark_sync_model=tmp_path / "lm.pt")
+    assert set(res["summary"]) == {"real", "still"}
+    for name in ("real", "still"):
+        for key in ("lse_d_lm", "lse_c_lm", "sync_dist_at_0_lm", "lse_d"):
+            assert np.isfinite(res["summary"][name][key]), (name, key)
+    assert len(res["calibration"]) == len(res["calibration_lm"]) == 15
+    assert res["calibration_lm"]["real audio"] == pytest.approx(res["summary"]["real"]["sync_dist_at_0_lm"])
+    assert all(res["calibration_lm"][k] != res["calibration"][k] for k in res["calibration"])  # every row measured twice
+    assert set(res["calibration_real_wins_lm"]) == set(res["calibration_real_wins"])
+    assert set(res["calibration_by_group_lm"]["unseen speakers"]) == set(res["calibration_by_group"]["unseen speakers"])
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "### Landmark sync measure: " in report and "lse_d_lm" in report
+    assert report.count("| another clip's audio | ") == 2  # one calibration table per measure
+    with pytest.raises(TalkingFaceError, match="expected 'crops'"):  # a landmark expert is not a pixel one
+        evaluate([], corpus, "test", tmp_path / "lm.pt", tmp_path / "ev2", progress=False)
+
+
+def test_landmark_sync_option_is_on_the_cli(tmp_path, monkeypatch):
+    from talkingface.cli import DEFAULT_LANDMARK_SYNC, _model_or_default, build_parser
+
+    args = build_parser().parse_args(["evaluate", "--corpus", "c", "--landmark-sync-model", "lm.pt"])
+    assert args.landmark_sync_model == "lm.pt" and args.checkpoint == []
+    assert build_parser().parse_args(["evaluate", "--corpus", "c"]).landmark_sync_model is None
+    monkeypatch.chdir(tmp_path)
+    assert _model_or_default(None, DEFAULT_LANDMARK_SYNC) is None  # not present: no landmark measure
+    (tmp_path / DEFAULT_LANDMARK_SYNC).parent.mkdir(parents=True)
+    (tmp_path / DEFAULT_LANDMARK_SYNC).write_bytes(b"")
+    assert _model_or_default(None, DEFAULT_LANDMARK_SYNC) == DEFAULT_LANDMARK_SYNC  # present: used by default
+    assert _model_or_default("", DEFAULT_LANDMARK_SYNC) is None  # '' turns it off
+    assert _model_or_default("x.pt", DEFAULT_LANDMARK_SYNC) == "x.pt"
+
+
 def test_checkpoint_systems_names_each_articulation():
     got = checkpoint_systems(["a/model.pt", "runs/v4/generator.pt", "b/model.pt"], (1.0, 1.5))
     assert got == [("model", "a/model.pt", 1.0), ("model x1.5", "a/model.pt", 1.5),

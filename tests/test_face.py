@@ -182,3 +182,52 @@ def test_compose_applies_flow_mask_and_residual_where_the_paste_mask_says():
     diff = np.abs(out[s // 2:].astype(np.float32) - expect)
     assert diff.max() <= 3 and diff.mean() < 0.6, (diff.max(), diff.mean())
     assert paste.max() == pytest.approx(1, abs=1e-3) and np.abs(out[s // 2:].astype(int) - photo[s // 2:]).max() > 40
+
+
+def _similarity(pts: np.ndarray, ang: float, scale: float, shift) -> np.ndarray:
+    r = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+    return (pts @ (scale * r).T + np.asarray(shift)).astype(np.float32)
+
+
+def test_mouth_motion_ignores_pose_size_and_rest_shape():
+    """The landmark sync expert's input: two faces with different rest mouths (another lip shape,
+    a wider mouth), at other positions, sizes and head rolls that change from frame to frame, but
+    making the same motion, give the same input, and that input is the motion (minus its mean)."""
+    from talkingface.face import SYNC_POINTS, mouth_motion
+
+    rng = np.random.default_rng(0)
+    t, k = 8, len(SYNC_POINTS)
+    motion = rng.normal(0, 0.03, (t, k, 2)).astype(np.float32)  # inter-ocular units
+    face_a = canonical_shape().copy()
+    face_b = canonical_shape().copy()
+    face_b[SYNC_POINTS] = face_b[SYNC_POINTS] * [1.15, 1.0] + rng.normal(0, 0.04, (k, 2))  # another mouth
+    clips = []
+    for face, seed in ((face_a, 1), (face_b, 2)):
+        r = np.random.default_rng(seed)
+        frames = []
+        for i in range(t):
+            lm = face.copy()
+            lm[SYNC_POINTS] += motion[i]
+            frames.append(_similarity(lm, r.uniform(-0.3, 0.3), r.uniform(20, 90), r.uniform(0, 300, 2)))
+        clips.append(np.stack(frames))
+    ma, mb = mouth_motion(clips[0]), mouth_motion(clips[1])
+    assert ma.shape == (t, k, 2) and ma.dtype == np.float32
+    np.testing.assert_allclose(ma, mb, atol=2e-5)
+    np.testing.assert_allclose(ma, motion - motion.mean(0), atol=2e-5)
+    # A frame without a face stays NaN and does not count in the clip's mean shape.
+    clips[0][3] = np.nan
+    m = mouth_motion(clips[0])
+    keep = np.arange(t) != 3
+    assert np.isnan(m[3]).all()
+    np.testing.assert_allclose(m[keep], motion[keep] - motion[keep].mean(0), atol=2e-5)
+
+
+def test_mirror_index_maps_the_mouth_onto_its_mirror_image():
+    from talkingface.face import SYNC_POINTS, mirror_index
+
+    mi = mirror_index(SYNC_POINTS)
+    assert sorted(mi.tolist()) == list(range(len(SYNC_POINTS)))  # a permutation
+    assert np.array_equal(mi[mi], np.arange(len(SYNC_POINTS)))  # mirroring twice is the identity
+    c = canonical_shape()[SYNC_POINTS]
+    np.testing.assert_allclose(c[mi] * [-1, 1], c, atol=0.02)
+    assert mi[list(MOUTH_20).index(61)] == list(MOUTH_20).index(291)  # left corner <-> right corner

@@ -231,6 +231,18 @@ def test_sync_distance_table_skips_offsets_outside_clip():
     assert np.array_equal(np.isfinite(table), (a >= 0) & (a < 12))
 
 
+def test_lse_leaves_out_windows_without_a_face():
+    """A landmark expert gives NaN embeddings for windows holding a frame without a face: those
+    windows are left out, and a clip with none left gives NaN, not an error."""
+    offsets = np.arange(-2, 3)
+    table = np.array([[0.5, 0.2, 0.1, 0.4, 0.9], [np.nan] * 5, [0.7, 0.4, 0.3, 0.2, 0.8]])
+    r = M.lse_from_table(offsets, table)
+    assert r["n_windows"] == 2 and r["offset"] == 0 and r["lse_d"] == pytest.approx(0.2)
+    assert r["lse_d_window"] == pytest.approx(0.15)
+    empty = M.lse_from_table(offsets, np.full((3, 5), np.nan))
+    assert empty["n_windows"] == 0 and np.isnan(empty["lse_d"]) and np.isnan(empty["dist_at_0"])
+
+
 def test_lse_small_real_expert_is_finite_and_fast():
     from talkingface.models.sync_expert import SyncExpert
 

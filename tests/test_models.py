@@ -322,6 +322,28 @@ def test_sync_expert_shapes():
     assert g.shape == (3, 5, S // 2, S)
 
 
+def test_landmark_sync_expert_shapes_and_loss():
+    """visual = "landmarks": the video side reads (N, F, K, 2) mouth motion; same embeddings, logits
+    and training loss as the pixel expert."""
+    from talkingface.face import SYNC_POINTS
+
+    cfg = dataclasses.replace(TINY_SYNC, visual="landmarks")
+    e = SyncExpert(cfg)
+    motion = torch.randn(3, 5, len(SYNC_POINTS), 2) * 0.02
+    mel = torch.randn(3, 80, 35)
+    assert e(motion, mel).shape == (3,)
+    v = e.embed_video(motion)
+    assert v.shape == (3, 32)
+    torch.testing.assert_close(v.norm(dim=1), torch.ones(3))
+    loss, m = losses.sync_expert_loss(e, motion, mel, torch.randn(3, 80, 35))
+    assert torch.isfinite(loss) and 0.0 <= m["acc"] <= 1.0
+    loss.backward()
+    assert all(p.grad is not None for p in e.video.parameters())
+    assert sum(p.numel() for p in e.video.parameters()) < sum(p.numel() for p in SyncExpert(TINY_SYNC).video.parameters())
+    with pytest.raises(ValueError, match="visual"):
+        SyncExpert(dataclasses.replace(TINY_SYNC, visual="pixels"))
+
+
 def test_losses_are_finite():
     real, fake = torch.randn(4, 1, 8, 16), torch.randn(4, 1, 8, 16)
     for x in (losses.d_loss(real, fake), losses.g_adv_loss(fake), losses.total_variation(torch.rand(2, 1, 8, 8)),

@@ -242,6 +242,29 @@ def test_sync_expert_then_generator_with_sync_critic(corpus, tmp_path):
     assert 0.0 <= float(by_step[(2, "val")]["sync_p_fake"]) <= 1.0
 
 
+def test_landmark_sync_expert_trains_and_is_no_generator_critic(corpus, tmp_path):
+    """sync.visual = "landmarks": the same trainer, on mouth motion detected on the crops; the
+    generator refuses it as its critic (no gradient reaches pixels through landmarks)."""
+    from talkingface.config import SyncExpertConfig
+    from talkingface.errors import TalkingFaceError
+    from talkingface.models.sync_expert import SyncExpert
+    from talkingface.training.checkpoint import load_model
+
+    cfg = load_config(TrainConfig, None, _overrides(
+        corpus, 'kind="sync"', 'sync.visual="landmarks"', "sync.width=8", "sync.audio.width=8", "sync.dim=32",
+        "batch_size=4", "steps=3", "log_every=1", "val_every=3", "ckpt_every=3"))
+    run = Path(train(cfg, tmp_path / "lm", progress=False))
+    _, scfg, _ = load_model(run / "sync_expert.pt", "sync", SyncExpert, SyncExpertConfig)
+    assert scfg.visual == "landmarks"
+    rows = _rows(run)
+    assert all(math.isfinite(float(r["loss"])) for r in rows if r["split"] == "train")
+    val = [r for r in rows if r["split"] == "val"]
+    assert len(val) == 1 and 0.0 <= float(val[0]["auc"]) <= 1.0
+    gen_cfg = load_config(TrainConfig, None, _overrides(corpus, f'sync_checkpoint="{run / "sync_expert.pt"}"', "steps=1"))
+    with pytest.raises(TalkingFaceError, match="must read pixels"):
+        train(gen_cfg, tmp_path / "gen", progress=False)
+
+
 def test_lip_reader_trains_and_reads(corpus, tmp_path):
     """kind = "lipread": the viseme reader trains on the corpus's phoneme labels, validates on
     whole clips and exports a checkpoint that predicts one viseme per frame."""
@@ -311,6 +334,37 @@ def test_augmentation_keeps_shapes_and_moves_points_with_the_image():
         x, y = (b["ref_points"][i, 0] * s).round().long()
         lum = b["ref"][i].mean(0)
         assert lum[y, x] < lum.mean() - 0.5, i  # still on the dot after rotation/scale/flip
+
+
+def test_augmentation_mirrors_mouth_motion_with_the_image_and_scales_it():
+    """Mouth motion is mirrored exactly when the image is flipped (left corner <-> right corner, x
+    negated) and scaled per axis by 0.6..1.61; its draws come last, so every other output of the
+    batch is what it is without motion (generator runs replay unchanged)."""
+    from talkingface.data.dataset import augment_batch
+    from talkingface.face import SYNC_POINTS, mirror_index
+
+    n, k = 12, len(SYNC_POINTS)
+    motion = torch.randn(n, 5, k, 2)
+
+    def batch():
+        return {"ref": torch.zeros(n, 3, 16, 16), "ref_points": torch.tensor([0.2, 0.5]).expand(n, 1, 2).clone(),
+                "points": torch.full((n, 5, 1, 2), 0.5), "mel": torch.randn(n, 5, 80, 35, generator=torch.Generator().manual_seed(0))}
+
+    plain, with_motion = batch(), {**batch(), "motion": motion.clone()}
+    augment_batch(plain, np.random.default_rng(0))
+    augment_batch(with_motion, np.random.default_rng(0))
+    for key in plain:
+        assert torch.equal(plain[key], with_motion[key]), key
+    flipped = with_motion["ref_points"][:, 0, 0] > 0.5  # the landmark at x = 0.2 went to the right
+    assert 0 < flipped.sum() < n
+    mirrored = motion[:, :, torch.from_numpy(mirror_index(SYNC_POINTS))] * torch.tensor([-1.0, 1.0])
+    for i in range(n):
+        src = mirrored[i] if flipped[i] else motion[i]
+        ratio = with_motion["motion"][i] / src  # (5, K, 2): one scale per axis
+        for axis in range(2):
+            r = ratio[..., axis]
+            assert torch.allclose(r, r.flatten()[0].expand_as(r), rtol=1e-4), (i, axis)
+            assert 0.7 * 0.85 - 1e-6 <= r.flatten()[0] <= 1.4 * 1.15 + 1e-6
 
 
 def test_speed_perturbation_stretches_audio_windows_around_their_centre():

@@ -134,6 +134,16 @@ def cmd_serve(args) -> int:
 
 
 DEFAULT_LIP_READER = "checkpoints/lip_reader.pt"
+DEFAULT_LANDMARK_SYNC = "checkpoints/sync_eval_landmarks.pt"
+
+
+def _model_or_default(value: str | None, default: str) -> str | None:
+    """An optional model option: the given path, '' for none, or when not given ``default`` if present."""
+    from pathlib import Path
+
+    if value is None:
+        return default if Path(default).is_file() else None
+    return value or None
 
 
 def cmd_evaluate(args) -> int:
@@ -143,11 +153,10 @@ def cmd_evaluate(args) -> int:
     from .evaluation.evaluate import evaluate
 
     out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-evaluate"
-    reader = args.lip_reader
-    if reader is None and Path(DEFAULT_LIP_READER).is_file():
-        reader = DEFAULT_LIP_READER
     res = evaluate(args.checkpoint, args.corpus, args.split, args.sync_model, out, args.max_clips, progress=not args.quiet,
-                   lip_reader=reader or None, articulations=tuple(args.articulation), keep_expression=args.keep_expression)
+                   lip_reader=_model_or_default(args.lip_reader, DEFAULT_LIP_READER), articulations=tuple(args.articulation),
+                   keep_expression=args.keep_expression,
+                   landmark_sync_model=_model_or_default(args.landmark_sync_model, DEFAULT_LANDMARK_SYNC))
     if args.portraits and args.speech:
         from .evaluation.evaluate import evaluate_stills, stills_report
 
@@ -255,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync-model", default="checkpoints/sync_eval.pt",
                    help="evaluation sync expert, trained apart from the generator's critic (default: the one in the repo)")
     p.add_argument("--lip-reader", help=f"viseme lip reader for the viseme_acc column (default: {DEFAULT_LIP_READER} "
+                   "when present; '' = none)")
+    p.add_argument("--landmark-sync-model", help="landmark sync expert (sync.visual = 'landmarks') for a second, "
+                   f"identity-independent sync measure: *_lm columns and calibration (default: {DEFAULT_LANDMARK_SYNC} "
                    "when present; '' = none)")
     p.add_argument("--max-clips", type=int, default=0, help="evaluate at most this many clips (0 = all)")
     p.add_argument("--articulation", type=_articulation, nargs="+", default=[1.0], metavar="A",

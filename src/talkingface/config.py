@@ -140,6 +140,10 @@ class SyncExpertConfig:
     width: int = 32
     dim: int = 256
     audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+    # What the video side sees. "crops": grey lower-face pixels (a conv trunk). "landmarks": the
+    # mouth's landmark motion (face.mouth_motion: canonical frame, the clip's own mean shape
+    # removed; an MLP), which holds no skin, lighting or lip shape of the one training speaker.
+    visual: str = "crops"
 
 
 @dataclass(frozen=True)

@@ -321,9 +321,58 @@ def crop_frames(frames, matrices: np.ndarray, size: int) -> np.ndarray:
     return np.stack([warp_face(f, m, size) for f, m in zip(frames, matrices)])
 
 
+def detect_landmarks(crops: np.ndarray) -> np.ndarray:
+    """(T, S, S, 3) aligned crops -> (T, 478, 2) landmarks tracked on the crops (NaN where none is
+    found). Evaluation measures mouths on real and generated crops alike with it, and the landmark
+    sync expert is trained on it, so every measured mouth went through the same detector."""
+    out = np.full((len(crops), N_LANDMARKS, 2), np.nan, np.float32)
+    with FaceMesh(video=True) as mesh:
+        for i, c in enumerate(crops):
+            f = mesh.detect(c)
+            if f is not None:
+                out[i] = f.landmarks
+    return out
+
+
 # Lower-face points whose motion the generator predicts from audio: both lip rings (outer and
 # inner), the jaw line below the ears, the chin midline and the cheeks beside the mouth.
 LIPS = np.array([61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 146, 91, 181, 84, 17, 314, 405, 321, 375,
                  78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 95, 88, 178, 87, 14, 317, 402, 318, 324])
 JAW = np.array([361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150, 136, 172, 58, 132])
 LOWER_FACE = np.concatenate([LIPS, JAW, [18, 200, 199, 175], [212, 432, 202, 422, 57, 287, 204, 424]])
+
+
+# ----------------------------------------------------------------------------------------------
+# Mouth motion (the landmark sync expert's video input)
+
+# The points the landmark sync expert reads: the 20 mouth points (both lip rings) and the chin tip
+# (the jaw's opening).
+SYNC_POINTS = np.concatenate([MOUTH_20, [CHIN]])
+
+
+def mirror_index(points: np.ndarray) -> np.ndarray:
+    """For each of ``points`` (indices into the 478), the position in ``points`` of its left-right
+    mirror image, found on the canonical face: mirrored landmarks are ``x[..., mirror_index, :]``
+    with x negated."""
+    c = canonical_shape()[points]
+    d = np.linalg.norm((c * np.array([-1.0, 1.0]))[:, None] - c[None], axis=-1)
+    return d.argmin(1)
+
+
+def mouth_motion(lm: np.ndarray, points: np.ndarray = SYNC_POINTS) -> np.ndarray:
+    """One clip's (T, 478, 2) landmarks (any pixel frame, NaN where no face) -> (T, K, 2) motion of
+    ``points``, float32, in inter-ocular units; NaN in frames without a face.
+
+    Each frame goes to the canonical frame first (``normalize_shape``: eye midpoint at the origin,
+    inter-ocular distance 1, eyes level), which removes head position, size and roll: the jitter the
+    crop alignment leaves, and how big and where a face sits in a photo. Then the clip's own mean
+    shape is subtracted, which removes the person's rest shape (lip thickness, mouth width, a
+    resting smile): two people making the same motion give the same input, so the expert cannot key
+    on who speaks, as a pixel expert trained on one speaker does. The amplitude is NOT normalised:
+    a mouth that barely moves must look nearly still, not like tracking noise blown up to full
+    motion (people's different articulation is left to training augmentation instead)."""
+    p = normalize_shape(np.asarray(lm, np.float32))[:, points]  # (T, K, 2)
+    ok = np.isfinite(p).all((1, 2))
+    if not ok.any():
+        return np.full(p.shape, np.nan, np.float32)
+    return (p - p[ok].mean(0)).astype(np.float32)

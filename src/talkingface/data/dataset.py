@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..audio import audio_frame_features
 from ..config import DataConfig
-from ..face import LOWER_FACE
+from ..face import LOWER_FACE, SYNC_POINTS, detect_landmarks, mirror_index, mouth_motion
 from .corpus import load_clip
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,15 @@ class ClipTensors:
     points: torch.Tensor  # (T, K, 2) lower-face landmarks in [0, 1] crop units (NaN: no face)
     found: torch.Tensor  # (T,) bool
     phonemes: torch.Tensor  # (T,) int64, -1 unknown
+    motion: torch.Tensor | None = None  # (T, K, 2) face.mouth_motion of landmarks detected on the crops
 
 
-def load_clips(corpus: str | Path, rows: list[dict], cfg: DataConfig, progress: bool = False) -> list[ClipTensors]:
+def load_clips(corpus: str | Path, rows: list[dict], cfg: DataConfig, progress: bool = False,
+               motion: bool = False) -> list[ClipTensors]:
+    """``motion``: also the mouth motion the landmark sync expert reads, from landmarks detected on
+    the aligned crops (``face.detect_landmarks``, ~10 ms a frame), as evaluation measures real and
+    generated crops; not from the stored landmarks, which were detected on the full-size source
+    frames and differ by ~30% of the motion's spread. ``found`` then also requires that detection."""
     from tqdm import tqdm
 
     out = []
@@ -47,8 +53,13 @@ def load_clips(corpus: str | Path, rows: list[dict], cfg: DataConfig, progress: 
         t = len(c.crops)
         mel = audio_frame_features(c.audio, t, cfg.fps, cfg.audio).half()
         pts = torch.from_numpy(c.landmarks[:, LOWER_FACE] / cfg.face.crop_size).float()
+        found, mo = c.found, None
+        if motion:
+            m = mouth_motion(detect_landmarks(c.crops))
+            found = found & np.isfinite(m).all((1, 2))
+            mo = torch.from_numpy(m)
         out.append(ClipTensors(r["clip"], r["speaker"], torch.from_numpy(c.crops).permute(0, 3, 1, 2).contiguous(),
-                               mel, pts, torch.from_numpy(c.found), torch.from_numpy(c.phonemes)))
+                               mel, pts, torch.from_numpy(found), torch.from_numpy(c.phonemes), mo))
     return out
 
 
@@ -76,7 +87,8 @@ class WindowSampler:
     """Random (or fixed, for validation) training windows. ``sample`` returns a dict of batched tensors:
     ref (B, 3, S, S), ref_points (B, K, 2), target (B, T, 3, S, S), points (B, T, K, 2),
     mel (B, T, n_mels, steps), phonemes (B, T); and with ``negatives``: neg_mel (B, T, n_mels, steps),
-    audio shifted by >= ``min_shift`` frames or taken from another clip."""
+    audio shifted by >= ``min_shift`` frames or taken from another clip; motion (B, T, K, 2) where the
+    clips were loaded with it."""
 
     def __init__(self, clips: list[ClipTensors], window: int, augment: bool = True, min_shift: int = 3,
                  speed: float = 0.0):
@@ -122,7 +134,7 @@ class WindowSampler:
     def _collate(self, items, rng, negatives: bool, targets: bool = True) -> dict:
         """``targets=False`` leaves out the target frames (the costly part) for motion-only steps."""
         w = self.window
-        ref, ref_pts, tgt, pts, mel, ph, neg = [], [], [], [], [], [], []
+        ref, ref_pts, tgt, pts, mel, ph, neg, mo = [], [], [], [], [], [], [], []
         for ci, s, ref_i in items:
             c = self.clips[ci]
             ref.append(c.crops[ref_i])
@@ -132,6 +144,8 @@ class WindowSampler:
             pts.append(c.points[s: s + w])
             mel.append(c.mel[s: s + w])
             ph.append(c.phonemes[s: s + w])
+            if c.motion is not None:
+                mo.append(c.motion[s: s + w])
             if negatives:
                 neg.append(self._negative_mel(ci, s, rng))
         out = {
@@ -143,6 +157,8 @@ class WindowSampler:
             out["target"] = to_float(torch.stack(tgt))
         if negatives:
             out["neg_mel"] = torch.stack(neg).float()
+        if mo:
+            out["motion"] = torch.stack(mo)
         if self.augment:
             augment_batch(out, rng, self.speed)
         return out
@@ -187,7 +203,8 @@ def augment_batch(b: dict, rng: np.random.Generator, speed: float = 0.0) -> None
     """In place. One draw per sample, applied identically to its reference and its targets.
     ``speed`` > 0 also stretches every audio window in time around its centre by a factor in
     [1 / (1 + speed), 1 + speed] (one per sample): speakers talk faster or slower than the
-    training speaker. 0 draws no extra random numbers, so older runs replay bit-identically."""
+    training speaker. 0 draws no extra random numbers, so older runs replay bit-identically; nor
+    does mouth motion, whose draws come last and only in batches that hold it."""
     n, t = b["mel"].shape[:2]
     # Colour: gain per channel, brightness, contrast, and 10% grayscale.
     gain = torch.from_numpy(rng.uniform(0.8, 1.2, (n, 3, 1, 1))).float()
@@ -259,3 +276,16 @@ def augment_batch(b: dict, rng: np.random.Generator, speed: float = 0.0) -> None
         for i in range(n):
             warped[i, :, lo[i]: lo[i] + int(rng.integers(0, 8))] = 0.0
         b[key] = warped
+
+    if "motion" in b:
+        # Mouth motion is already free of head pose, size and rest shape (face.mouth_motion); what
+        # still differs between people is how they move: mirror it with the image's flip, scale its
+        # amplitude by 0.7..1.4 (quiet vs broad articulation) and its aspect by 0.85..1.15 (wider or
+        # rounder mouths, a head turned or tilted a little).
+        m = b["motion"]  # (N, T, K, 2)
+        mirrored = m[:, :, torch.from_numpy(mirror_index(SYNC_POINTS))] * torch.tensor([-1.0, 1.0])
+        m = torch.where(torch.from_numpy(flip)[:, None, None, None], mirrored, m)
+        amp = np.exp(rng.uniform(np.log(0.7), np.log(1.4), n))
+        aspect = np.exp(rng.uniform(np.log(0.85), np.log(1.15), n))
+        scale = torch.from_numpy(np.stack([amp * aspect, amp / aspect], 1)).float()  # (N, 2): x, y
+        b["motion"] = m * scale[:, None, None, :]

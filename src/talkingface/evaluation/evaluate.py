@@ -12,6 +12,10 @@ Protocols
 - calibration: the evaluation sync model must rank real clips with their own audio above the same
   clips with audio shifted by 0.5 s and 1 s, a still face, and another clip's audio.
 
+With a landmark sync model (``SyncExpertConfig.visual = "landmarks"``) every sync number is also
+measured a second way, from the mouth's landmark motion instead of its pixels (``*_lm`` columns,
+``calibration_lm``): landmarks are detected on real and generated crops alike (``detect_landmarks``).
+
 Systems: ``real`` (the real crops: the upper bound), ``still`` (the reference frame repeated: what
 a metric must rank below a model), ``loudness-driven`` (lips opening with the speech envelope,
 drawn by the first checkpoint's renderer: ``baselines.py``), and every checkpoint given. The sync
@@ -34,7 +38,7 @@ from ..config import DataConfig, SyncExpertConfig, config_from_json
 from ..data.corpus import read_manifest
 from ..data.dataset import first_face, load_clips
 from ..errors import TalkingFaceError
-from ..face import FaceMesh
+from ..face import detect_landmarks, mouth_motion
 from ..inference import generate_crops, load_generator
 from ..phonemes import VISEMES, viseme_ids
 from ..models.sync_expert import SyncExpert
@@ -54,38 +58,46 @@ def lower(crops: np.ndarray) -> torch.Tensor:
     return x[:, :, x.shape[2] // 2:]
 
 
-def detect_landmarks(crops: np.ndarray) -> np.ndarray:
-    """(T, S, S, 3) -> (T, 478, 2) landmarks tracked on the crops (NaN where none is found)."""
-    out = np.full((len(crops), 478, 2), np.nan, np.float32)
-    with FaceMesh(video=True) as mesh:
-        for i, c in enumerate(crops):
-            f = mesh.detect(c)
-            if f is not None:
-                out[i] = f.landmarks
-    return out
+def load_sync_model(path: str | Path, visual: str = "crops") -> tuple[SyncExpert, dict]:
+    """An evaluation sync expert and its meta; refuses one whose video side is not ``visual``."""
+    expert, cfg, meta = load_model(path, "sync", SyncExpert, SyncExpertConfig)
+    if cfg.visual != visual:
+        raise TalkingFaceError(f"{path}: a sync expert reading {cfg.visual!r}, expected {visual!r}")
+    return expert, meta
+
+
+def lm_sync(lm_expert, landmarks: np.ndarray, mel: torch.Tensor) -> dict[str, float]:
+    """The landmark sync measure of one clip: (T, 478, 2) landmarks detected on its crops and its
+    (T, n_mels, steps) audio windows -> :func:`metrics.lse` keys."""
+    return M.lse(lm_expert, torch.from_numpy(mouth_motion(landmarks)), mel)
 
 
 def clip_metrics(gen: np.ndarray, real: np.ndarray, real_lm: np.ndarray, real_curves: dict, ref: np.ndarray,
                  mel: torch.Tensor, silent: np.ndarray, expert, with_truth: bool = True,
                  av_offset: int = 0, visemes: np.ndarray | None = None,
-                 by_viseme: dict | None = None, reader=None) -> tuple[dict, dict | None]:
+                 by_viseme: dict | None = None, reader=None, lm_expert=None,
+                 landmarks: np.ndarray | None = None) -> tuple[dict, dict | None]:
     """Metrics of one generated clip, and the mouth curves of its detected landmarks (None without
     ground truth, where no landmarks are detected). ``av_offset``: the real clip's own audio-visual
     offset (see :func:`real_av_offset`), for the ``*_av`` correlations. With ``visemes`` (T,) and a
     ``by_viseme`` dict, each 5-frame window's sync distance at offset 0 is appended to
     ``by_viseme[viseme of its middle frame]`` (frames of unknown phoneme are skipped). With a
     ``reader`` (viseme lip reader) and ``visemes``: ``viseme_acc``, how often it reads the viseme
-    the speech needs off the frames."""
+    the speech needs off the frames. With ``lm_expert`` (a landmark sync expert): ``lse_d_lm``,
+    ``lse_c_lm``, ``sync_dist_at_0_lm`` and ``av_offset_lm`` from the landmarks detected on ``gen``
+    (or the given ``landmarks`` of it, to detect them once)."""
     s = gen.shape[1]
     m: dict[str, float] = {}
     gc = None
+    gen_lm = landmarks
+    if gen_lm is None and (with_truth or lm_expert is not None):
+        gen_lm = detect_landmarks(gen)
     if with_truth:
         box = M.mouth_box(s)
         m["psnr"] = M.psnr(gen, real, max_db=60.0)
         m["ssim"] = M.ssim(gen, real)
         m["psnr_mouth"] = M.psnr(M.crop_box(gen, box), M.crop_box(real, box), max_db=60.0)
         m["ssim_mouth"] = M.ssim(M.crop_box(gen, box), M.crop_box(real, box))
-        gen_lm = detect_landmarks(gen)
         px, norm = M.lmd(gen_lm, real_lm, real_curves["iod"])
         m["lmd_px"], m["lmd_norm"] = px, norm
         gc = M.mouth_curves(gen_lm)
@@ -108,6 +120,10 @@ def clip_metrics(gen: np.ndarray, real: np.ndarray, real_lm: np.ndarray, real_cu
             if v >= 0 and np.isfinite(d):
                 by_viseme.setdefault(VISEMES[v], []).append(float(d))
     m.update({"lse_d": ls["lse_d"], "lse_c": ls["lse_c"], "sync_dist_at_0": ls["dist_at_0"], "av_offset": ls["offset"]})
+    if lm_expert is not None:
+        ll = lm_sync(lm_expert, gen_lm, mel)
+        m.update({"lse_d_lm": ll["lse_d"], "lse_c_lm": ll["lse_c"], "sync_dist_at_0_lm": ll["dist_at_0"],
+                  "av_offset_lm": ll["offset"]})
     sm = M.smoothness(gen, M.mouth_box(s), silent)
     m["jitter"] = sm["accel"]
     m["jitter_silent"] = sm.get("accel_silent", float("nan"))
@@ -173,7 +189,8 @@ def other_clip_index(k: int, speakers: list[str], collections: list[str]) -> int
 
 def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model: str | Path, out_dir: str | Path,
              max_clips: int = 0, progress: bool = True, lip_reader: str | Path | None = None,
-             articulations: tuple[float, ...] = (1.0,), keep_expression: bool = False) -> dict:
+             articulations: tuple[float, ...] = (1.0,), keep_expression: bool = False,
+             landmark_sync_model: str | Path | None = None) -> dict:
     from tqdm import tqdm
 
     corpus = Path(corpus)
@@ -190,7 +207,8 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
     rows.sort(key=lambda r: (per_speaker[r["speaker"]], r["clip"]))
     if max_clips:
         rows = rows[:max_clips]
-    expert, _, meta = load_model(sync_model, "sync", SyncExpert, SyncExpertConfig)
+    expert, meta = load_sync_model(sync_model)
+    lm_expert, lm_meta = load_sync_model(landmark_sync_model, "landmarks") if landmark_sync_model else (None, {})
     reader = None
     if lip_reader:
         from ..config import LipReaderConfig
@@ -215,7 +233,8 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
     import soundfile as sf
 
     per_clip: dict[str, dict[str, dict]] = {}
-    calib: dict[str, list[float]] = {}
+    # Per measure ("" pixels, "_lm" landmarks): calibration condition -> per-clip values.
+    calibs: dict[str, dict[str, list[float]]] = {"": {}, "_lm": {}} if lm_expert is not None else {"": {}}
     by_viseme: dict[str, dict[str, list[float]]] = {}  # system -> viseme -> window sync distances at offset 0
     curves = {}
     t0 = time.time()
@@ -231,9 +250,9 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
         still = np.repeat(ref[None], t, 0)
         silent = M.silence_mask(audio, t)
         mel = c.mel.float()
-        vk = {"visemes": viseme_ids(c.phonemes.numpy()), "reader": reader}
+        vk = {"visemes": viseme_ids(c.phonemes.numpy()), "reader": reader, "lm_expert": lm_expert}
         res = {"real": clip_metrics(real, real, real_lm, real_curves, ref, mel, silent, expert, with_truth=False,
-                                    by_viseme=by_viseme.setdefault("real", {}), **vk)[0]}
+                                    by_viseme=by_viseme.setdefault("real", {}), landmarks=real_lm, **vk)[0]}
         av = real_av_offset(res["real"])
         res["real"]["av_offset_used"] = float(av)
         res["still"] = clip_metrics(still, real, real_lm, real_curves, ref, mel, silent, expert, av_offset=av,
@@ -257,7 +276,7 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
                                                        keep_expression=keep_expression)])
             osil = M.silence_mask(sf.read(corpus / "clips" / other.clip / "audio.wav", dtype="float32")[0], len(omel))
             res[f"{name} (cross-audio)"] = clip_metrics(xgen, real, real_lm, real_curves, ref, omel, osil, expert,
-                                                        with_truth=False)[0]
+                                                        with_truth=False, lm_expert=lm_expert)[0]
             if k < 3:
                 _sheet(out_dir / "sheets" / f"{file_stem(c.clip)}_{file_stem(name)}.jpg", real, gen)
                 curves.setdefault(name, (real_curves["opening"], gen_curves["opening"], loud_db, c.clip))
@@ -266,14 +285,16 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
         lr = lower(real)
         shifted = {"audio shifted 0.5 s": torch.roll(mel, SHIFT_05S, 0), "audio shifted 1 s": torch.roll(mel, SHIFT_1S, 0),
                    "another clip's audio": _fit(other.mel.float(), t)}
-        cal = {"real audio": res["real"], "still face": res["still"]}
-        for label, m_ in shifted.items():
-            ls = M.lse(expert, lr, m_)
-            cal[label] = {"sync_dist_at_0": ls["dist_at_0"], "lse_c": ls["lse_c"], "lse_d": ls["lse_d"]}
-        for label, v in cal.items():
-            calib.setdefault(label, []).append(v["sync_dist_at_0"])
-            calib.setdefault(label + " LSE-C", []).append(v["lse_c"])
-            calib.setdefault(label + " LSE-D", []).append(v["lse_d"])
+        for sfx, calib in calibs.items():
+            cal = {label: {k: res[sys_][k + sfx] for k in ("sync_dist_at_0", "lse_c", "lse_d")}
+                   for label, sys_ in (("real audio", "real"), ("still face", "still"))}
+            for label, m_ in shifted.items():
+                ls = M.lse(expert, lr, m_) if sfx == "" else lm_sync(lm_expert, real_lm, m_)
+                cal[label] = {"sync_dist_at_0": ls["dist_at_0"], "lse_c": ls["lse_c"], "lse_d": ls["lse_d"]}
+            for label, v in cal.items():
+                calib.setdefault(label, []).append(v["sync_dist_at_0"])
+                calib.setdefault(label + " LSE-C", []).append(v["lse_c"])
+                calib.setdefault(label + " LSE-D", []).append(v["lse_d"])
     systems = sorted({s for r in per_clip.values() for s in r}, key=lambda s: (s not in ("real", "still", LOUDNESS), s))
     summary = {}
     for s in systems:
@@ -288,32 +309,43 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
         for s in systems:
             keys = sorted({k for r in sub.values() if s in r for k in r[s]})
             by_group[grp][s] = {k: float(np.nanmean([r[s][k] for r in sub.values() if s in r and k in r[s]])) for k in keys}
-    cal = {k: float(np.mean(v)) for k, v in calib.items()}
-    # How clearly real audio wins: on how many clips its distance at offset 0 is below each mismatch's.
-    cal_wins = {k: int(np.sum(np.array(calib["real audio"]) < np.array(v))) for k, v in calib.items()
-                if k != "real audio" and not k.endswith(("LSE-C", "LSE-D"))} if calib else {}
-    # The calibration again within each group: the expert was trained on one speaker, and whether it
-    # still ranks real audio first on people it never saw is what decides if its numbers there mean sync.
-    cal_groups = {}
-    for grp in by_group:
-        ks = [k for k, c in enumerate(clips) if group_of[c.clip] == grp]
-        real_d = np.array(calib["real audio"])[ks]
-        cal_groups[grp] = {label: {"sync_dist_at_0": float(np.mean(np.array(calib[label])[ks])),
-                                   "lse_d": float(np.mean(np.array(calib[label + " LSE-D"])[ks])),
-                                   "real_wins": int(np.sum(real_d < np.array(calib[label])[ks]))}
-                           for label in calib if not label.endswith(("LSE-C", "LSE-D"))} if calib else {}
     result = {"corpus": str(corpus), "split": split, "clips": [c.clip for c in clips], "sync_model": str(sync_model),
               "sync_model_meta": meta, "checkpoints": checkpoints, "articulations": list(articulations),
-              "keep_expression": keep_expression, "summary": summary, "by_group": by_group, "calibration": cal,
-              "calibration_real_wins": cal_wins,
-              "calibration_by_group": cal_groups, "per_clip": per_clip, "seconds": round(time.time() - t0, 1),
-              "sync_by_viseme": {sys_: {v: {"mean": float(np.mean(d)), "n": len(d)} for v, d in vs.items()}
-                                 for sys_, vs in by_viseme.items()}}
+              "keep_expression": keep_expression, "summary": summary, "by_group": by_group}
+    groups = {grp: [k for k, c in enumerate(clips) if group_of[c.clip] == grp] for grp in by_group}
+    for sfx, calib in calibs.items():
+        cal, wins, cal_groups = calibration_tables(calib, groups)
+        result.update({f"calibration{sfx}": cal, f"calibration_real_wins{sfx}": wins, f"calibration_by_group{sfx}": cal_groups})
+    if lm_expert is not None:
+        result.update(landmark_sync_model=str(landmark_sync_model), landmark_sync_model_meta=lm_meta)
+    result.update({"per_clip": per_clip, "seconds": round(time.time() - t0, 1),
+                   "sync_by_viseme": {sys_: {v: {"mean": float(np.mean(d)), "n": len(d)} for v, d in vs.items()}
+                                      for sys_, vs in by_viseme.items()}})
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
     _plots(out_dir, summary, curves)
     _viseme_plot(out_dir / "sync_by_viseme.png", result["sync_by_viseme"])
     (out_dir / "report.md").write_text(_report(result))
     return result
+
+
+def calibration_tables(calib: dict[str, list[float]], groups: dict[str, list[int]]) -> tuple[dict, dict, dict]:
+    """One sync measure's calibration from its per-clip values (condition -> one value per clip, and
+    "<condition> LSE-D" / "<condition> LSE-C"): the means, on how many clips real audio is closer at
+    offset 0 than each mismatch, and both again within each group (name -> clip positions)."""
+    if not calib:
+        return {}, {}, {}
+    cal = {k: float(np.mean(v)) for k, v in calib.items()}
+    conditions = [k for k in calib if not k.endswith(("LSE-C", "LSE-D"))]
+    real_d = np.array(calib["real audio"])
+    wins = {k: int(np.sum(real_d < np.array(calib[k]))) for k in conditions if k != "real audio"}
+    # The calibration again within each group: the expert was trained on one speaker, and whether it
+    # still ranks real audio first on people it never saw is what decides if its numbers there mean sync.
+    by_group = {grp: {label: {"sync_dist_at_0": float(np.mean(np.array(calib[label])[ks])),
+                              "lse_d": float(np.mean(np.array(calib[label + " LSE-D"])[ks])),
+                              "real_wins": int(np.sum(real_d[ks] < np.array(calib[label])[ks]))}
+                      for label in conditions}
+                for grp, ks in groups.items()}
+    return cal, wins, by_group
 
 
 def _fit(mel: torch.Tensor, t: int) -> torch.Tensor:
@@ -390,28 +422,18 @@ def _report(r: dict) -> str:
             "lse_c", "sync_dist_at_0", "av_offset", "viseme_acc", "jitter", "jitter_silent", "id_psnr", "id_ssim"]
     lines = [f"# Evaluation: {r['corpus']} split `{r['split']}` ({len(r['clips'])} clips)", "",
              f"Sync model (evaluation expert, not the training critic): `{r['sync_model']}`.", "",
-             "## Calibration of the sync measure (real held-out clips)", "",
-             "| condition | sync distance at offset 0 (lower = in sync) | real audio closer on | LSE-D (min over offsets) | LSE-C |",
-             "|---|---|---|---|---|"]
-    conditions = ("real audio", "audio shifted 0.5 s", "audio shifted 1 s", "still face", "another clip's audio")
-    cal = r["calibration"]
-    wins = r.get("calibration_real_wins", {})
-    for label in conditions:
-        won = f"{wins[label]}/{len(r['clips'])} clips" if label in wins else ""
-        lines.append(f"| {label} | {cal[label]:.3f} | {won} | {cal.get(label + ' LSE-D', float('nan')):.3f} | {cal[label + ' LSE-C']:.3f} |")
-    for title, key in (("sync distance at offset 0", ""), ("LSE-D", " LSE-D")):
-        if all(c + key in cal for c in conditions):
-            order = sorted(conditions, key=lambda c: cal[c + key])
-            lines.append(f"\nRanked by {title} (best first): " + " < ".join(f"{c} ({cal[c + key]:.3f})" for c in order))
-    groups = {g: v for g, v in r.get("calibration_by_group", {}).items() if v}
-    if groups:
-        lines += ["", "Per group: sync distance at offset 0 / LSE-D (real audio closer at offset 0 on n of the group's clips):", "",
-                  "| group | " + " | ".join(conditions) + " |", "|---|" + "---|" * len(conditions)]
-        for g, v in groups.items():
-            n = r["by_group"][g]["clips"]
-            lines.append(f"| {g} ({n} clips) | " + " | ".join(
-                f"{v[c]['sync_dist_at_0']:.3f} / {v[c]['lse_d']:.3f}" + ("" if c == "real audio" else f" ({v[c]['real_wins']}/{n})")
-                for c in conditions) + " |")
+             "## Calibration of the sync measure (real held-out clips)", ""]
+    lines += _calibration_lines(r, "")
+    if r.get("calibration_lm"):
+        lines += ["", f"### Landmark sync measure: `{r['landmark_sync_model']}`", "",
+                  "The same calibration with a second evaluation expert whose video side is the mouth's landmark motion "
+                  "(detected on the crops, in the canonical face frame, minus the clip's own mean shape), not its pixels: it "
+                  "cannot key on the training speaker's looks. Its numbers are the `*_lm` columns below.", ""]
+        lines += _calibration_lines(r, "_lm")
+    lines += ["", "LSE-D takes the best offset within +-15 frames, so audio shifted 0.5 s (13 frames) is found back "
+              "in sync at offset +13: on that row only the distance at offset 0 measures a mismatch."]
+    if r.get("calibration_lm"):
+        cols = cols[:cols.index("av_offset") + 1] + ["lse_d_lm", "lse_c_lm", "sync_dist_at_0_lm"] + cols[cols.index("av_offset") + 1:]
     lines += ["", "## Results", ""]
     if r.get("keep_expression"):
         lines += ["Generated with `--keep-expression`: the reference frame's mouth is each model's rest.", ""]
@@ -420,6 +442,8 @@ def _report(r: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{m[c]:.3f}" if c in m and np.isfinite(m[c]) else "" for c in cols) + " |")
     short = ["psnr_mouth", "ssim_mouth", "lmd_norm", "open_corr", "open_corr_av", "open_amp", "width_corr", "width_corr_av",
              "viseme_acc", "lse_d", "lse_c", "sync_dist_at_0", "jitter"]
+    if r.get("calibration_lm"):
+        short = short[:-1] + ["lse_d_lm", "lse_c_lm", "sync_dist_at_0_lm"] + short[-1:]
     for grp, g in r["by_group"].items():
         lines += ["", f"### {grp}: {g['clips']} clips ({', '.join(g['speakers'])})", "",
                   "| system | " + " | ".join(short) + " |", "|---|" + "---|" * len(short)]
@@ -448,11 +472,38 @@ def _report(r: dict) -> str:
               "audio-visual offset as the evaluation expert measures it (|offset| <= 3 frames, else 0; CREMA-D's video leads "
               "its audio by ~2 frames), applied alike to every system and to loudness; LSE-D/LSE-C: SyncNet-style distance / confidence of "
               "our evaluation expert over offsets -15..15 (not comparable with published SyncNet numbers); sync_dist_at_0: "
-              "distance at zero offset; av_offset: best offset in frames; viseme_acc: how often the viseme lip reader "
+              "distance at zero offset; *_lm: the same from the landmark sync expert, where one is given; av_offset: best offset in frames; viseme_acc: how often the viseme lip reader "
               "(trained apart from the generator) reads the viseme the speech needs off the frames; jitter: mean |second difference| of the mouth box "
               "(0-255), overall and within silent stretches; id_psnr/id_ssim: upper face vs the reference frame.",
               f"Took {r['seconds']} s."]
     return "\n".join(lines) + "\n"
+
+
+def _calibration_lines(r: dict, sfx: str) -> list[str]:
+    """The calibration table of one sync measure ("" the pixel expert, "_lm" the landmark one), its
+    rankings, and the same per group."""
+    lines = ["| condition | sync distance at offset 0 (lower = in sync) | real audio closer on | LSE-D (min over offsets) | LSE-C |",
+             "|---|---|---|---|---|"]
+    conditions = ("real audio", "audio shifted 0.5 s", "audio shifted 1 s", "still face", "another clip's audio")
+    cal = r[f"calibration{sfx}"]
+    wins = r.get(f"calibration_real_wins{sfx}", {})
+    for label in conditions:
+        won = f"{wins[label]}/{len(r['clips'])} clips" if label in wins else ""
+        lines.append(f"| {label} | {cal[label]:.3f} | {won} | {cal.get(label + ' LSE-D', float('nan')):.3f} | {cal[label + ' LSE-C']:.3f} |")
+    for title, key in (("sync distance at offset 0", ""), ("LSE-D", " LSE-D")):
+        if all(c + key in cal for c in conditions):
+            order = sorted(conditions, key=lambda c: cal[c + key])
+            lines.append(f"\nRanked by {title} (best first): " + " < ".join(f"{c} ({cal[c + key]:.3f})" for c in order))
+    groups = {g: v for g, v in r.get(f"calibration_by_group{sfx}", {}).items() if v}
+    if groups:
+        lines += ["", "Per group: sync distance at offset 0 / LSE-D (real audio closer at offset 0 on n of the group's clips):", "",
+                  "| group | " + " | ".join(conditions) + " |", "|---|" + "---|" * len(conditions)]
+        for g, v in groups.items():
+            n = r["by_group"][g]["clips"]
+            lines.append(f"| {g} ({n} clips) | " + " | ".join(
+                f"{v[c]['sync_dist_at_0']:.3f} / {v[c]['lse_d']:.3f}" + ("" if c == "real audio" else f" ({v[c]['real_wins']}/{n})")
+                for c in conditions) + " |")
+    return lines
 
 
 def evaluate_stills(checkpoints: list[str], portraits: str | Path, speech: str | Path, sync_model: str | Path,
@@ -471,7 +522,7 @@ def evaluate_stills(checkpoints: list[str], portraits: str | Path, speech: str |
 
     out_dir = Path(out_dir)
     (out_dir / "stills").mkdir(parents=True, exist_ok=True)
-    expert, _, _ = load_model(sync_model, "sync", SyncExpert, SyncExpertConfig)
+    expert, _ = load_sync_model(sync_model)
     photos = sorted(p for p in Path(portraits).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     clips = sorted(p for p in Path(speech).iterdir() if p.suffix.lower() in (".wav", ".flac", ".mp3", ".m4a", ".ogg"))
     if not photos or not clips:

@@ -256,10 +256,11 @@ def sync_distance_table(expert, lower_frames: torch.Tensor, mel_windows: torch.T
                         stride: int = 1, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Audio-visual embedding distances of every video window at every offset.
 
-    expert: a sync expert with ``cfg.frames`` (F, 5), ``embed_video((N, F, 3, H, W)) -> (N, D)`` and
-    ``embed_audio((N, 80, steps)) -> (N, D)`` unit vectors. lower_frames: ``(T, 3, H, W)`` lower
-    halves of the face crops in [-1, 1]; mel_windows: ``(T, 80, steps)`` the audio window centred on
-    each video frame. Video windows start at ``0, stride, ...`` (every start with F frames inside
+    expert: a sync expert with ``cfg.frames`` (F, 5), ``embed_video((N, F, ...)) -> (N, D)`` and
+    ``embed_audio((N, 80, steps)) -> (N, D)`` unit vectors. lower_frames: the expert's per-frame video
+    input, ``(T, 3, H, W)`` lower halves of the face crops in [-1, 1] (or, for a landmark expert,
+    ``(T, K, 2)`` mouth motion, ``face.mouth_motion``; windows holding a NaN frame, no face, get NaN
+    rows); mel_windows: ``(T, 80, steps)`` the audio window centred on each video frame. Video windows start at ``0, stride, ...`` (every start with F frames inside
     the clip); window i's middle frame is ``m = start + F // 2``.
 
     Returns ``(offsets, table, mids)``: offsets ``(O,)`` = -max_offset..max_offset frames; table
@@ -328,7 +329,12 @@ def lse(expert, lower_frames: torch.Tensor, mel_windows: torch.Tensor, max_offse
 
 
 def lse_from_table(offsets: np.ndarray, table: np.ndarray) -> dict[str, float]:
-    """:func:`lse` from an already computed :func:`sync_distance_table` (offsets, table)."""
+    """:func:`lse` from an already computed :func:`sync_distance_table` (offsets, table). Windows
+    without a finite distance (no face in one of their frames) are left out; all NaN without one."""
+    table = table[np.isfinite(table).any(1)]
+    if not len(table):
+        return {**dict.fromkeys(("lse_d", "lse_c", "lse_d_window", "lse_c_window", "offset", "dist_at_0"), float("nan")),
+                "n_windows": 0.0}
     keep = np.isfinite(table).any(0)  # offsets with at least one window inside the clip
     offsets, table = offsets[keep], table[:, keep]
     curve = np.nanmean(table, axis=0)  # (O,)

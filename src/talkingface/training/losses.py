@@ -40,11 +40,12 @@ def sync_loss(expert, lower: torch.Tensor, mel: torch.Tensor, stride: int = 2) -
     return F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit))
 
 
-def sync_expert_loss(expert, lower: torch.Tensor, mel: torch.Tensor, neg_mel: torch.Tensor) -> tuple[torch.Tensor, dict]:
+def sync_expert_loss(expert, video: torch.Tensor, mel: torch.Tensor, neg_mel: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """Training loss of the sync expert on windows: InfoNCE over the batch's true and shifted audio,
     plus a binary term that calibrates the logit (so the critic's P(in sync) is meaningful).
-    lower (B, F, 3, H, W), mel and neg_mel (B, n_mels, steps)."""
-    v = expert.embed_video(lower)  # (B, D)
+    video: the expert's video input, lower faces (B, F, 3, H, W) or mouth motion (B, F, K, 2); mel
+    and neg_mel (B, n_mels, steps)."""
+    v = expert.embed_video(video)  # (B, D)
     a = expert.embed_audio(torch.cat([mel, neg_mel]))  # (2B, D)
     logits = expert.logit_scale * v @ a.T + expert.logit_bias  # (B, 2B)
     target = torch.arange(len(v))

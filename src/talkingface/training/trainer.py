@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from ..config import DataConfig, TrainConfig, config_from_json, save_config, to_dict
 from ..data.corpus import read_manifest
-from ..data.dataset import WindowSampler, first_face, load_clips
+from ..data.dataset import ClipTensors, WindowSampler, first_face, load_clips, to_float
 from ..errors import TalkingFaceError
 from ..evaluation.metrics import auc, pearson
 from ..face import LIP_INNER_BOTTOM, LIP_INNER_TOP, LOWER_FACE, MOUTH_LEFT, MOUTH_RIGHT
@@ -221,7 +221,8 @@ class _SingleModelTask:
 
 
 class SyncTask(_SingleModelTask):
-    """Trains the audio-visual sync expert on 5-frame windows."""
+    """Trains the audio-visual sync expert on 5-frame windows (of lower-face crops, or of mouth
+    motion for ``sync.visual = "landmarks"``)."""
 
     key, kind, file = "sync", "sync", "sync_expert.pt"
 
@@ -231,9 +232,9 @@ class SyncTask(_SingleModelTask):
     def step(self, batch: dict, step: int) -> dict:
         self.model.train()
         f = self.cfg.sync.frames
-        lower = lower_half(batch["target"][:, :f])
+        video = batch["motion"][:, :f] if self.cfg.sync.visual == "landmarks" else lower_half(batch["target"][:, :f])
         mid = f // 2
-        loss, m = losses.sync_expert_loss(self.model, lower, batch["mel"][:, mid], batch["neg_mel"][:, mid])
+        loss, m = losses.sync_expert_loss(self.model, video, batch["mel"][:, mid], batch["neg_mel"][:, mid])
         self._update(loss)
         return {"loss": loss.item(), **m}
 
@@ -296,6 +297,21 @@ def evaluate_lip_reader(reader: LipReader, clips, max_clips: int = 200) -> dict:
     return {"acc": float(h.mean()), "balanced_acc": float(np.mean(per_class)), "frames": float(len(h))}
 
 
+def uses_motion(cfg: TrainConfig) -> bool:
+    """Whether a run's clips must be loaded with mouth motion (the landmark sync expert)."""
+    return cfg.kind == "sync" and cfg.sync.visual == "landmarks"
+
+
+def clip_video(expert: SyncExpert, clip: ClipTensors) -> torch.Tensor:
+    """A clip's per-frame video input for ``expert``: (T, 3, S/2, S) lower faces in [-1, 1], or
+    (T, K, 2) mouth motion for a landmark expert (clips loaded with ``motion=True``)."""
+    if expert.cfg.visual == "landmarks":
+        if clip.motion is None:
+            raise TalkingFaceError(f"{clip.clip}: a landmark sync expert needs clips loaded with motion=True")
+        return clip.motion
+    return lower_half(to_float(clip.crops))
+
+
 @torch.no_grad()
 def evaluate_sync(expert: SyncExpert, clips, min_shift: int = 13, max_windows: int = 400) -> dict:
     """Separation of true audio from audio shifted by >= min_shift frames (13 = 0.52 s at 25 fps) on
@@ -309,7 +325,8 @@ def evaluate_sync(expert: SyncExpert, clips, min_shift: int = 13, max_windows: i
         starts = [s for s in range(0, t - f + 1, 2) if bool(c.found[s: s + f].all())]
         if not starts:
             continue
-        v = torch.stack([lower_half(c.crops[s: s + f].float() / 127.5 - 1) for s in starts])
+        x = clip_video(expert, c)
+        v = torch.stack([x[s: s + f] for s in starts])
         ev = expert.embed_video(v)
         mids = torch.tensor([s + f // 2 for s in starts])
         ea = expert.embed_audio(c.mel.float()[mids])
@@ -349,6 +366,9 @@ class GeneratorTask:
             from ..config import SyncExpertConfig
 
             self.expert, _, _ = load_model(cfg.sync_checkpoint, "sync", SyncExpert, SyncExpertConfig)
+            if self.expert.cfg.visual != "crops":
+                raise TalkingFaceError(f"{cfg.sync_checkpoint}: the lip-sync critic must read pixels (sync.visual = "
+                                       f"'crops', not {self.expert.cfg.visual!r}): its gradient reaches the generator through them")
             for p in self.expert.parameters():
                 p.requires_grad_(False)
 
@@ -492,8 +512,9 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
     train_rows, val_rows = _load_rows(cfg)
     window = {"generator": cfg.window, "sync": cfg.sync.frames, "lipread": cfg.lip_reader.frames}[cfg.kind]
     log.info("run %s: %d train clips, %d val clips, %s", run.dir, len(train_rows), len(val_rows), cfg.kind)
-    train_clips = load_clips(cfg.corpus, train_rows, data_cfg, progress=progress and rank == 0)
-    val_clips = load_clips(cfg.corpus, val_rows, data_cfg) if val_rows else []
+    motion = uses_motion(cfg)
+    train_clips = load_clips(cfg.corpus, train_rows, data_cfg, progress=progress and rank == 0, motion=motion)
+    val_clips = load_clips(cfg.corpus, val_rows, data_cfg, motion=motion) if val_rows else []
     sampler = WindowSampler(train_clips, window, augment=cfg.augment, speed=cfg.augment_speed)
     val_sampler = WindowSampler(val_clips, window, augment=False) if val_clips else None
 
@@ -534,7 +555,8 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
         if cfg.kind == "generator" and step < cfg.loss.motion_steps:
             m = task.motion_step(sampler.sample(cfg.loss.motion_batch_size, rng, targets=False))
         else:
-            m = task.step(sampler.sample(cfg.batch_size, rng, negatives=cfg.kind == "sync"), step)
+            # A landmark sync expert reads no pixels: leave the crops (the costly part) out.
+            m = task.step(sampler.sample(cfg.batch_size, rng, negatives=cfg.kind == "sync", targets=not motion), step)
         for k, v in m.items():
             acc.setdefault(k, []).append(v)
         done = step + 1
