@@ -106,15 +106,23 @@ def test_stills_and_cli_errors(setup, tmp_path):
     for run in ("run-a", "run-b"):
         (tmp_path / run).mkdir()
         shutil.copy(models / "gen.pt", tmp_path / run / "generator.pt")
+    torch.manual_seed(0)
+    lcfg = SyncExpertConfig(width=8, dim=32, audio=AudioEncoderConfig(width=8), visual="landmarks")
+    export_model(tmp_path / "lm.pt", "sync", SyncExpert(lcfg), lcfg)
     res = evaluate_stills([str(models / "gen.pt"), str(tmp_path / "run-a/generator.pt"), str(tmp_path / "run-b/generator.pt")],
-                          photos, speech, models / "sync.pt", tmp_path / "ev")
+                          photos, speech, models / "sync.pt", tmp_path / "ev", landmark_sync_model=tmp_path / "lm.pt")
     assert list(res) == ["gen: face + s", "run-a: face + s", "run-b: face + s"]
     m = res["gen: face + s"]
     assert m["system"] == "gen" and np.isfinite(m["lse_d"]) and np.isfinite(m["jitter"])
+    # the landmark measure, for the generated face and for the photo held still
+    assert np.isfinite(m["sync_dist_at_0_lm"]) and np.isfinite(m["still_sync_dist_at_0_lm"])
+    assert m["sync_dist_at_0_lm"] != m["still_sync_dist_at_0_lm"]
     for name in ("gen", "run-a", "run-b"):
         assert (tmp_path / "ev" / "stills" / f"{name}_face.jpg").is_file()
     report = stills_report(res)
     assert "| run-b | " in report and f"{m['lse_d']:.3f}" in report
+    assert "sync dist at 0 (landmarks)" in report and f"{m['still_sync_dist_at_0_lm']:.3f}" in report
+    assert "(landmarks)" not in stills_report({k: {c: v for c, v in r.items() if not c.endswith("_lm")} for k, r in res.items()})
     r = subprocess.run([sys.executable, "-m", "talkingface.cli", "evaluate", "--corpus", str(corpus),
                         "--sync-model", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x")],
                        capture_output=True, text=True)

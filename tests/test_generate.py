@@ -176,15 +176,20 @@ def test_articulation_moves_the_mouth_more_and_bad_values_fail(assets, model):
 
 def test_keep_expression_changes_only_the_mouth_and_reaches_the_cli(assets, model):
     """--keep-expression draws the photo's mouth as the rest: a different mouth, the same photo
-    elsewhere; off by default."""
-    a = np.stack(api.generate(assets["face"], assets["short"], None, model=model, progress=False, precision="fp32"))
+    elsewhere; on by default (API and CLI), --no-keep-expression turns it off."""
+    a = np.stack(api.generate(assets["face"], assets["short"], None, model=model, progress=False, precision="fp32",
+                              keep_expression=False))
     b = np.stack(api.generate(assets["face"], assets["short"], None, model=model, progress=False, precision="fp32",
                               keep_expression=True))
+    default = np.stack(api.generate(assets["face"], assets["short"], None, model=model, progress=False, precision="fp32"))
     assert np.abs(a.astype(int) - b).max() > 0
     assert np.array_equal(b[:, :100], a[:, :100])
-    args = build_parser().parse_args(gen_args(assets, None, None, "o.mp4"))
-    assert args.keep_expression is False
-    assert build_parser().parse_args(gen_args(assets, None, None, "o.mp4", "--keep-expression")).keep_expression is True
+    assert np.array_equal(default, b)
+    assert build_parser().parse_args(gen_args(assets, None, None, "o.mp4")).keep_expression is True
+    assert build_parser().parse_args(gen_args(assets, None, None, "o.mp4", "--no-keep-expression")).keep_expression is False
+    ev = ["evaluate", "--corpus", "c", "--split", "test"]
+    assert build_parser().parse_args(ev).keep_expression is True
+    assert build_parser().parse_args(ev + ["--no-keep-expression"]).keep_expression is False
 
 
 def test_on_progress_counts_every_frame(assets, model, tmp_path):

@@ -179,8 +179,10 @@ def test_service_passes_the_articulation_on(service, assets, monkeypatch):
         return generate(*args, **kwargs)
 
     monkeypatch.setattr(api, "generate", spy)
-    r = service.make(assets / "face.png", assets / "speech.wav", articulation=2.0, keep_expression=True)
-    assert seen["articulation"] == 2.0 and seen["keep_expression"] is True and r.frames == 10
+    r = service.make(assets / "face.png", assets / "speech.wav", articulation=2.0, keep_expression=False)
+    assert seen["articulation"] == 2.0 and seen["keep_expression"] is False and r.frames == 10
+    service.make(assets / "face.png", assets / "speech.wav")
+    assert seen["keep_expression"] is True  # the default, as in generate
 
 
 def test_service_face_by_content_and_video(service, assets, tmp_path):

@@ -202,7 +202,7 @@ def prepare_inputs(face: str | Path, audio: str | Path, crop_size: int, fps: flo
 
 @torch.no_grad()
 def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, audio_cfg: AudioConfig,
-            precision: str = "auto", articulation: float = 1.0, keep_expression: bool = False) -> Iterator[np.ndarray]:
+            precision: str = "auto", articulation: float = 1.0, keep_expression: bool = True) -> Iterator[np.ndarray]:
     from tqdm import tqdm
 
     from .compose import Compositor
@@ -293,7 +293,7 @@ def _prefetch(it: Iterator, depth: int = 8) -> Iterator:
 
 def stream(face: str | Path, audio: str | Path, model: Model | None = None, fps: float = 25.0, face_index: int = 0,
            chunk: int = 50, progress: bool = False, precision: str = "auto", articulation: float = 1.0,
-           keep_expression: bool = False) -> Iterator[np.ndarray]:
+           keep_expression: bool = True) -> Iterator[np.ndarray]:
     """Yield full-resolution RGB frames (H, W, 3) uint8 of ``face`` speaking ``audio``.
     ``precision``: "auto" (bfloat16 where the CPU computes it natively), "fp32" or "bf16"
     (``inference.compute_dtype``). ``articulation``: how far the lips move, as a multiple of the
@@ -319,7 +319,7 @@ def _counted(frames: Iterator[np.ndarray], total: int, on_progress: Callable[[in
 def generate(face: str | Path, audio: str | Path, out: str | Path | None = None, model: Model | None = None,
              fps: float = 25.0, face_index: int = 0, chunk: int = 50, seed: int = 0, progress: bool = True,
              on_progress: Callable[[int, int], None] | None = None, crf: int = 18, preset: str | None = None,
-             precision: str = "auto", articulation: float = 1.0, keep_expression: bool = False):
+             precision: str = "auto", articulation: float = 1.0, keep_expression: bool = True):
     """Make the talking video. With ``out``: write an H.264 + AAC mp4 atomically and return its path;
     without: return the frames as a list (short clips only). ``progress`` shows a tqdm bar;
     ``on_progress(done, total)`` is called in the caller's thread as each frame is finished

@@ -161,7 +161,8 @@ def cmd_evaluate(args) -> int:
         from .evaluation.evaluate import evaluate_stills, stills_report
 
         stills = evaluate_stills(args.checkpoint, args.portraits, args.speech, args.sync_model, out,
-                                 articulations=tuple(args.articulation), keep_expression=args.keep_expression)
+                                 articulations=tuple(args.articulation), keep_expression=args.keep_expression,
+                                 landmark_sync_model=_model_or_default(args.landmark_sync_model, DEFAULT_LANDMARK_SYNC))
         with open(out / "report.md", "a") as f:
             f.write(stills_report(stills))
     print((out / "report.md").read_text())
@@ -217,9 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--articulation", type=_articulation, default=1.0, metavar="0-3",
                    help="how far the lips and jaw move, as a multiple of the predicted motion (default 1; "
                         "README \"Articulation\" says what 1.5-2 does on unseen voices)")
-    p.add_argument("--keep-expression", action=argparse.BooleanOptionalAction, default=False,
-                   help="keep the photo's own mouth (a smile, parted lips) between words instead of "
-                        "closing it to a neutral rest (README \"Expression\")")
+    p.add_argument("--keep-expression", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the photo's own mouth (a smile, parted lips) between words (default); "
+                        "--no-keep-expression closes it to the neutral rest the model learnt (README \"Expression\")")
     common(p, config=False)
     p.set_defaults(func=cmd_generate)
 
@@ -271,8 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-clips", type=int, default=0, help="evaluate at most this many clips (0 = all)")
     p.add_argument("--articulation", type=_articulation, nargs="+", default=[1.0], metavar="A",
                    help="evaluate every checkpoint at each of these articulations (rows named 'NAME xA'; default 1)")
-    p.add_argument("--keep-expression", action=argparse.BooleanOptionalAction, default=False,
-                   help="generate every row with the reference's mouth as the rest (as `generate --keep-expression`)")
+    p.add_argument("--keep-expression", action=argparse.BooleanOptionalAction, default=True,
+                   help="generate every row with the reference's mouth as the rest, as `generate` does by default "
+                        "(--no-keep-expression: the model's own rest, as reports before 2026-11-26 were made)")
     p.add_argument("--portraits", help="folder of photos for the stills test (with --speech)")
     p.add_argument("--speech", help="folder of speech clips for the stills test")
     p.add_argument("-o", "--out", help="report folder (default runs/<time>-evaluate)")

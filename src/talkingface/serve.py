@@ -224,7 +224,7 @@ class Service:
 
     def make(self, face: str | Path, audio: str | Path, checkpoint: str | None = None,
              session: str | None = None, on_progress: Callable[[int, int], None] | None = None,
-             articulation: float = 1.0, keep_expression: bool = False) -> Result:
+             articulation: float = 1.0, keep_expression: bool = True) -> Result:
         """Check the uploads and make the video, in a folder of its own in the session's folder
         (two requests of one session never write the same file). ``articulation``,
         ``keep_expression``: as in ``api.generate``."""
@@ -335,7 +335,7 @@ def build_app(service: Service, concurrency: int = 1):
                 articulation = gr.Slider(0.0, api.MAX_ARTICULATION, value=1.0, step=0.25, elem_id="articulation",
                                          label="Articulation: how far lips and jaw move (1 = as predicted; "
                                                "1.5-2 for a closed or smiling mouth)")
-                keep_expression = gr.Checkbox(False, elem_id="keep-expression",
+                keep_expression = gr.Checkbox(True, elem_id="keep-expression",
                                               label="Keep the photo's expression (a smile stays between words)")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
                 status = gr.Textbox(label="Status", interactive=False, lines=2, elem_id="status")

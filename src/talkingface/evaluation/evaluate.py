@@ -189,7 +189,7 @@ def other_clip_index(k: int, speakers: list[str], collections: list[str]) -> int
 
 def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model: str | Path, out_dir: str | Path,
              max_clips: int = 0, progress: bool = True, lip_reader: str | Path | None = None,
-             articulations: tuple[float, ...] = (1.0,), keep_expression: bool = False,
+             articulations: tuple[float, ...] = (1.0,), keep_expression: bool = True,
              landmark_sync_model: str | Path | None = None) -> dict:
     from tqdm import tqdm
 
@@ -436,7 +436,9 @@ def _report(r: dict) -> str:
         cols = cols[:cols.index("av_offset") + 1] + ["lse_d_lm", "lse_c_lm", "sync_dist_at_0_lm"] + cols[cols.index("av_offset") + 1:]
     lines += ["", "## Results", ""]
     if r.get("keep_expression"):
-        lines += ["Generated with `--keep-expression`: the reference frame's mouth is each model's rest.", ""]
+        lines += ["Generated with `--keep-expression` (the default of `generate`): the reference frame's mouth is each model's rest.", ""]
+    elif r.get("checkpoints"):
+        lines += ["Generated with `--no-keep-expression`: each model's own learnt rest.", ""]
     lines += ["| system | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for name, m in s.items():
         lines.append(f"| {name} | " + " | ".join(f"{m[c]:.3f}" if c in m and np.isfinite(m[c]) else "" for c in cols) + " |")
@@ -508,10 +510,12 @@ def _calibration_lines(r: dict, sfx: str) -> list[str]:
 
 def evaluate_stills(checkpoints: list[str], portraits: str | Path, speech: str | Path, sync_model: str | Path,
                     out_dir: str | Path, progress: bool = True, articulations: tuple[float, ...] = (1.0,),
-                    keep_expression: bool = False) -> dict:
+                    keep_expression: bool = True, landmark_sync_model: str | Path | None = None) -> dict:
     """The stills test: every portrait driven by a speech clip (taken in turn), through the full
     `generate` pipeline. Saves full-size contact sheets and returns sync and smoothness measures,
-    computed on the generated frames re-aligned with the photo's own alignment."""
+    computed on the generated frames re-aligned with the photo's own alignment; with
+    ``landmark_sync_model`` also the landmark sync measure (``*_lm``), the one of the two that does
+    not depend on how much a portrait looks like the training speaker."""
     import cv2
 
     from .. import api
@@ -523,6 +527,7 @@ def evaluate_stills(checkpoints: list[str], portraits: str | Path, speech: str |
     out_dir = Path(out_dir)
     (out_dir / "stills").mkdir(parents=True, exist_ok=True)
     expert, _ = load_sync_model(sync_model)
+    lm_expert = load_sync_model(landmark_sync_model, "landmarks")[0] if landmark_sync_model else None
     photos = sorted(p for p in Path(portraits).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     clips = sorted(p for p in Path(speech).iterdir() if p.suffix.lower() in (".wav", ".flac", ".mp3", ".m4a", ".ogg"))
     if not photos or not clips:
@@ -542,10 +547,16 @@ def evaluate_stills(checkpoints: list[str], portraits: str | Path, speech: str |
             ls = M.lse(expert, lower(crops), mel)
             still = M.lse(expert, lower(np.repeat(crops[:1], len(crops), 0)), mel)
             sm = M.smoothness(crops, M.mouth_box(crops.shape[1]))
+            lms = detect_landmarks(crops)
             key = f"{name}: {photo.stem} + {sp.stem}"
             results[key] = {"system": name, "lse_d": ls["lse_d"], "lse_c": ls["lse_c"], "sync_dist_at_0": ls["dist_at_0"],
                             "still_sync_dist_at_0": still["dist_at_0"], "jitter": sm["accel"],
-                            "mouth_open_range": float(np.ptp(M.mouth_curves(detect_landmarks(crops))["opening"]))}
+                            "mouth_open_range": float(np.ptp(M.mouth_curves(lms)["opening"]))}
+            if lm_expert is not None:
+                ll = lm_sync(lm_expert, lms, mel)
+                still_lm = lm_sync(lm_expert, np.repeat(lms[:1], len(lms), 0), mel)
+                results[key].update({"lse_d_lm": ll["lse_d"], "lse_c_lm": ll["lse_c"], "sync_dist_at_0_lm": ll["dist_at_0"],
+                                     "still_sync_dist_at_0_lm": still_lm["dist_at_0"]})
             idx = np.linspace(0, len(frames) - 1, 10).round().astype(int)
             w = 360
             small = [cv2.resize(frames[j], (w, int(frames[j].shape[0] * w / frames[j].shape[1])), interpolation=cv2.INTER_AREA) for j in idx]
@@ -571,7 +582,11 @@ def _face_box(m: np.ndarray, s: int, shape) -> tuple[int, int, int, int]:
 def stills_report(stills: dict) -> str:
     """The stills test as report.md sections: per system means, then every portrait/speech pair."""
     keys = ["lse_d", "lse_c", "sync_dist_at_0", "still_sync_dist_at_0", "jitter", "mouth_open_range"]
-    head = "| LSE-D | LSE-C | sync dist at 0 | same, still face | jitter | mouth opening range |\n|---|---|---|---|---|---|---|\n"
+    titles = ["LSE-D", "LSE-C", "sync dist at 0", "same, still face", "jitter", "mouth opening range"]
+    if all("lse_d_lm" in m for m in stills.values()):
+        keys += ["lse_d_lm", "sync_dist_at_0_lm", "still_sync_dist_at_0_lm"]
+        titles += ["LSE-D (landmarks)", "sync dist at 0 (landmarks)", "same, still face (landmarks)"]
+    head = "| " + " | ".join(titles) + " |\n|---|" + "---|" * len(titles) + "\n"
     systems = list(dict.fromkeys(m["system"] for m in stills.values()))
     out = "\n## Stills: portraits driven by speech (full generate pipeline)\n\nMeans per system:\n\n| system " + head
     for s_ in systems:
