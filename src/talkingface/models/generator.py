@@ -230,16 +230,23 @@ class Generator(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     def _initial_flow(self, points: torch.Tensor, off: torch.Tensor, hw: tuple[int, int],
-                      layer: list[int] | None = None) -> torch.Tensor:
+                      layer: list[int] | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Backward flow on the lower-half grid from landmark motion: each output pixel samples the
         reference at (itself - motion of nearby landmarks), Gaussian-weighted; far from every
         landmark the flow fades to zero. points/off: (N, K, 2) in crop units; ``layer``: only these
-        landmarks. -> (N, 2, h, w)."""
+        landmarks; ``weights``: ``_landmark_weights(points, hw)`` if already computed (all K
+        landmarks). -> (N, 2, h, w)."""
+        g = self._landmark_weights(points, hw) if weights is None else weights  # (N, HW, K)
         if layer is not None:
-            points, off = points[:, layer], off[:, layer]
-        g = torch.exp(-self._landmark_d2(points, hw) / (2 * self.cfg.flow_sigma**2))  # (N, HW, K)
+            g, off = g[..., layer], off[:, layer]
         flow = -(g @ off) / (g.sum(-1, keepdim=True) + 0.05)  # (N, HW, 2); 0.05 = weight of "no motion"
         return flow.transpose(1, 2).reshape(-1, 2, *hw)
+
+    def _landmark_weights(self, points: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """exp(-d^2 / 2 sigma^2) from every pixel of the (h, w) lower-half grid to every landmark,
+        sigma = flow_sigma: (N, K, 2) -> (N, h*w, K). The generator's costliest non-convolution
+        step, so one forward computes it once, on the coarse grid, for every use."""
+        return torch.exp(-self._landmark_d2(points, hw) / (2 * self.cfg.flow_sigma**2))
 
     @staticmethod
     def _landmark_d2(points: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -249,7 +256,8 @@ class Generator(nn.Module):
         grid = torch.stack(torch.meshgrid(xs, ys[:, 0], indexing="xy"), -1).reshape(1, -1, 1, 2)  # (1, HW, 1, 2)
         return ((grid - points[:, None]) ** 2).sum(-1)
 
-    def _layered_flow(self, points: torch.Tensor, off: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _layered_flow(self, points: torch.Tensor, off: torch.Tensor,
+                      weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The "layered" initial flow (GeneratorConfig.flow_init) and the gap map on the full
         lower-half grid: flow (N, 2, S/2, S) in crop units, gap (N, 1, S/2, S) in [0, 1], 1 where
         the lips have parted wider than in the reference and the photo has nothing to show.
@@ -262,7 +270,8 @@ class Generator(nn.Module):
         def up(x):
             return F.interpolate(x, size=full, mode="bilinear", align_corners=False)
 
-        f_all, f_up, f_low = (up(self._initial_flow(points, off, coarse, layer))
+        weights = self._landmark_weights(points, coarse) if weights is None else weights  # (N, HW, K)
+        f_all, f_up, f_low = (up(self._initial_flow(points, off, coarse, layer, weights))
                               for layer in (None, UPPER_LAYER, LOWER_LAYER))  # (N, 2, S/2, S) each
         ref = points - off  # the reference's own landmarks
         xs, ys = lower_half_grid(*full, points.dtype)  # (S,), (S/2, 1)
@@ -286,11 +295,14 @@ class Generator(nn.Module):
         gap = span * (torch.minimum(-d_up, -d_low) / soft).clamp(0, 1)  # (N, 1, S/2, S)
         return flow, gap
 
-    def _landmark_reach(self, points: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    def _landmark_reach(self, points: torch.Tensor, hw: tuple[int, int],
+                        weights: torch.Tensor | None = None) -> torch.Tensor:
         """(N, 1, h, w) on the lower-half grid: exp(-d^2 / 2 sigma^2), d the distance to the nearest
-        landmark (crop units), sigma = flow_sigma: 1 on a landmark, ~0.14 two sigmas away."""
-        d2 = self._landmark_d2(points, hw).amin(-1)  # (N, HW): to the nearest landmark
-        return torch.exp(-d2 / (2 * self.cfg.flow_sigma**2)).view(-1, 1, *hw)
+        landmark (crop units), sigma = flow_sigma: 1 on a landmark, ~0.14 two sigmas away.
+        ``weights``: ``_landmark_weights(points, hw)`` if already computed (its max over landmarks
+        is this: exp falls as d grows)."""
+        g = self._landmark_weights(points, hw) if weights is None else weights  # (N, HW, K)
+        return g.amax(-1).view(-1, 1, *hw)
 
     def _mouth_region(self, points: torch.Tensor, hw: tuple[int, int], margin: float = 0.03) -> torch.Tensor:
         """(N, 1, h, w) on the lower-half grid: 1 inside an ellipse around the (moved) lips grown by
@@ -314,10 +326,12 @@ class Generator(nn.Module):
         ref_low = ref[:, :, s // 2:]  # (B, 3, S/2, S)
         sk = enc["skips"]  # lower halves: (B, w, S/4, S/2) ... (B, 8w, S/32, S/16)
         layered = self.cfg.flow_init == "layered"
+        coarse = (s // 8, s // 4)  # the spread motion is smooth: computed on a 4x coarser grid (4 px cells)
+        weights = self._landmark_weights(points, coarse)  # (N, HW, K), for the flow and the reach
         if layered:
-            flow_full, gap = self._layered_flow(points, off)  # (N, 2, S/2, S), (N, 1, S/2, S)
-        else:  # the spread motion is smooth: compute it on a 4x coarser grid (4 px cells) and upsample
-            flow_full = F.interpolate(self._initial_flow(points, off, (s // 8, s // 4)), size=(s // 2, s),
+            flow_full, gap = self._layered_flow(points, off, weights)  # (N, 2, S/2, S), (N, 1, S/2, S)
+        else:
+            flow_full = F.interpolate(self._initial_flow(points, off, coarse, weights=weights), size=(s // 2, s),
                                       mode="bilinear", align_corners=False)  # (N, 2, S/2, S), crop units
 
         def at(x, size):  # resize to a decoder scale
@@ -358,7 +372,7 @@ class Generator(nn.Module):
         o = cat_conv(self.out, [x, ref_low, warped0, *gi], [False, True, False] + [False] * len(gi), b, t)  # (N, 6, S/2, S)
         refine = 0.05 * torch.tanh(o[:, 0:2])
         if self.cfg.flow_refine == "landmarks":  # smooth: computed on the coarse grid
-            refine = refine * at(self._landmark_reach(points, (s // 8, s // 4)), (s // 2, s))
+            refine = refine * at(self._landmark_reach(points, coarse, weights), (s // 2, s))
         flow = flow_full + refine
         mask = torch.sigmoid(o[:, 2:3])
         if layered:  # where the lips parted the photo has no pixels to warp: the residual paints there
