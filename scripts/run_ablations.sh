@@ -35,6 +35,6 @@ for name in "${order[@]}"; do
 done
 # 16 test clips = all 8 of the unseen speakers + 8 unseen s1 sentences (evaluate takes held-out
 # speakers first), to keep 8 checkpoints to ~15 min; the stills test is the cross-corpus protocol.
-talkingface evaluate "${ckpts[@]}" --corpus corpora/train --split test --max-clips 16 \
+talkingface evaluate "${ckpts[@]}" --corpus corpora/train --split test --max-clips 16 --no-keep-expression \
     --portraits ../shared/data/portraits --speech ../shared/data/speech -o "$out" -q
 python scripts/ablation_claims.py "$out" > /dev/null   # -> $out/claims.md

@@ -264,3 +264,12 @@ def test_ablation_claims_verdicts():
     assert rows["frame discriminator -> sharper, more realistic mouths"].endswith("| not measured |")
     c = ac.compare(np.array([1.0, 2.0, 3.0]), np.array([1.01, 1.99, 3.0]), True, rng)
     assert ac.verdict(c) == "no clear difference" and c["n"] == 3
+    # With the landmark sync measure in the report, the sync claims get a second verdict from it:
+    # here the pixel measure says the sync critic hurt, the landmark one that it helped.
+    for c in clips:
+        per[c]["gru-frame-seq-d"]["lse_d_lm"] = per[c]["no-gru"]["lse_d"] + 0.1
+        per[c]["full"]["lse_d_lm"] = per[c]["no-gru"]["lse_d"]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in ac.claims_report(metrics).splitlines()
+            if line.startswith("| ") and " -> " in line}
+    assert "| did not hold (worse) | +0.100 [+0.100, +0.100] held |" in rows["sync critic -> better lip sync"]
+    assert rows["recurrence (GRU) -> smoother mouth motion"].endswith("| held |  |")  # not a sync claim
