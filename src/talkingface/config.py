@@ -260,6 +260,11 @@ class LossConfig:
     teacher_motion: float = 0.0
     adv_start: int = 1000
     sync_start: int = 1500
+    # Whether the lip-sync critic's gradient reaches the residual's paint (mouth interior colour).
+    # False: it may shape the flow and the blend mask (how the mouth opens) but not the colour
+    # painted where the lips part. The critic saw only s1's pixels; with it on the paint, v7's
+    # wide-open interiors turned light pink on unseen faces (scripts/interior_probe.py).
+    sync_paint: bool = True
 
 
 @dataclass(frozen=True)

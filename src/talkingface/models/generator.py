@@ -399,7 +399,11 @@ class Generator(nn.Module):
         ramp[:, :, :fr, 0] = torch.linspace(0, 1, fr + 2)[1:-1]
         lower = ramp * lower + (1 - ramp) * ref_rep
         frames = torch.cat([rep(ref[:, :, : s // 2]), lower], 2)  # (N, 3, S, S)
-        return {"frames": v(frames), "lower": v(lower), "flow": v(flow), "mask": v(mask), "residual": v(rgb)}
+        # d lower / d residual: lets a loss see the same frames without pulling on the paint
+        # (training.losses.without_paint_gradient).
+        residual_weight = ramp * (1 - mask)  # (N, 1, S/2, S)
+        return {"frames": v(frames), "lower": v(lower), "flow": v(flow), "mask": v(mask), "residual": v(rgb),
+                "residual_weight": v(residual_weight)}
 
 
 RESIDUAL_COLOURS = ("free", "lips", "lips-relative")  # GeneratorConfig.residual_colour

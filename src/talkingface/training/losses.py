@@ -33,6 +33,16 @@ def sync_windows(lower: torch.Tensor, mel: torch.Tensor, frames: int = 5, stride
     return v, a
 
 
+def without_paint_gradient(out: dict) -> torch.Tensor:
+    """The generator's rendered lower faces ``out["lower"]`` (B, T, 3, H, W), same values, with no
+    gradient into the residual's paint: lower is linear in the residual with weight
+    ``out["residual_weight"]`` (the blend mask's complement, feathered), so taking
+    weight * (residual - residual.detach()) back out (zero in value) leaves only the mask's and the
+    flow's paths. The weight stays attached: the mask still learns where to paint."""
+    res = out["residual"]  # (B, T, 3, H, W)
+    return out["lower"] - out["residual_weight"] * (res - res.detach())
+
+
 def sync_loss(expert, lower: torch.Tensor, mel: torch.Tensor, stride: int = 2) -> torch.Tensor:
     """-log P(in sync) of generated lower faces with their own audio, under a frozen expert."""
     v, a = sync_windows(lower, mel, expert.cfg.frames, stride)
