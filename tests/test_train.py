@@ -3,6 +3,7 @@ a resume after SIGKILL, the sync expert and the generator's sync critic, and DDP
 Models are shrunk to a few channels so every run takes seconds."""
 
 import csv
+import dataclasses
 import logging
 import math
 import os
@@ -240,6 +241,11 @@ def test_sync_expert_then_generator_with_sync_critic(corpus, tmp_path):
     assert not by_step[(1, "train")].get("g_sync")  # before sync_start
     assert math.isfinite(float(by_step[(2, "train")]["g_sync"]))
     assert 0.0 <= float(by_step[(2, "val")]["sync_p_fake"]) <= 1.0
+
+    # loss.sync_paint = false changes where the critic's gradient goes, not what it scores.
+    no_paint = dataclasses.replace(gen_cfg, loss=dataclasses.replace(gen_cfg.loss, sync_paint=False))
+    rows = _rows(train(no_paint, tmp_path / "gen-no-paint", progress=False))
+    assert {(int(r["step"]), r["split"]): r for r in rows}[(2, "train")]["g_sync"] == by_step[(2, "train")]["g_sync"]
 
 
 def test_landmark_sync_expert_trains_and_is_no_generator_critic(corpus, tmp_path):
