@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from talkingface.evaluation.metrics import paired_gain as compare
+
 # (claim, baseline row, row with the change, primary measure, other measures shown)
 CLAIMS = [
     ("recurrence (GRU) -> smoother mouth motion", "no-gru", "full", "jitter",
@@ -54,19 +56,6 @@ def per_clip(metrics: dict, system: str, key: str, clips: list[str]) -> np.ndarr
         else:
             out.append(r.get(system, {}).get(key, np.nan))
     return np.asarray(out, float)
-
-
-def compare(a: np.ndarray, b: np.ndarray, lower_better: bool, rng: np.random.Generator) -> dict:
-    """b vs a, clip by clip: mean gain (positive = b better), its 95% bootstrap interval and the
-    number of clips where b is better."""
-    ok = np.isfinite(a) & np.isfinite(b)
-    gain = (a - b)[ok] if lower_better else (b - a)[ok]
-    if len(gain) == 0:
-        return {"n": 0}
-    boot = rng.choice(gain, (2000, len(gain))).mean(1)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return {"n": len(gain), "gain": float(gain.mean()), "lo": float(lo), "hi": float(hi),
-            "better": int((gain > 0).sum()), "a": float(a[ok].mean()), "b": float(b[ok].mean())}
 
 
 def verdict(c: dict) -> str:

@@ -22,7 +22,14 @@ from talkingface.config import (
     SyncExpertConfig,
 )
 from talkingface.data.prepare import prepare
-from talkingface.evaluation.evaluate import checkpoint_systems, evaluate, evaluate_stills, file_stem, stills_report
+from talkingface.evaluation.evaluate import (
+    checkpoint_systems,
+    evaluate,
+    evaluate_stills,
+    file_stem,
+    paired_comparisons,
+    stills_report,
+)
 from talkingface.media import read_audio, read_video
 from talkingface.models.generator import Generator
 from talkingface.models.lip_reader import LipReader
@@ -89,6 +96,16 @@ def test_evaluate_writes_report(setup, tmp_path):
     assert grp["audio shifted 1 s"]["lse_d"] == pytest.approx(res["calibration"]["audio shifted 1 s LSE-D"])
     assert grp["still face"]["real_wins"] == wins["still face"]
     assert f"| unseen speakers (2 clips) | {grp['real audio']['sync_dist_at_0']:.3f} / " in report
+    # Clip by clip: each model against the loudness-driven mouth, and the second checkpoint row against the first.
+    paired = res["paired"]
+    vs_loudness = {"loudness-driven -> gen", "loudness-driven -> gen x2"} if "loudness-driven" in s else set()
+    assert set(paired) == {"gen -> gen x2"} | vs_loudness
+    oc = paired["gen -> gen x2"]["open_corr"]
+    diffs = [res["per_clip"][c]["gen x2"]["open_corr"] - res["per_clip"][c]["gen"]["open_corr"] for c in res["clips"]]
+    assert oc["all"]["n"] == 2 and oc["all"]["gain"] == pytest.approx(np.mean(diffs))
+    assert oc["unseen speakers"]["gain"] == pytest.approx(oc["all"]["gain"])
+    assert "jitter" not in paired["gen -> gen x2"]  # real video jitters more than models: lower is not better
+    assert "### Clip by clip" in report and "`gen -> gen x2`:" in report
     assert json.loads((out / "metrics.json").read_text())["split"] == "test"
     assert (out / "metrics.png").stat().st_size > 1000
     assert list((out / "sheets").glob("*.jpg"))
@@ -169,6 +186,20 @@ def test_landmark_sync_option_is_on_the_cli(tmp_path, monkeypatch):
     assert _model_or_default(None, DEFAULT_LANDMARK_SYNC) == DEFAULT_LANDMARK_SYNC  # present: used by default
     assert _model_or_default("", DEFAULT_LANDMARK_SYNC) is None  # '' turns it off
     assert _model_or_default("x.pt", DEFAULT_LANDMARK_SYNC) == "x.pt"
+
+
+def test_paired_comparisons_pick_the_pairs_in_checkpoint_order():
+    def row(v):
+        return {"lse_d": v, "open_corr": 1 - v, "jitter": v}
+
+    per_clip = {f"s/{k}": {"real": row(0.5), "still": row(2.0), "loudness-driven": row(1.0 + k), "zeta": row(0.8 + k),
+                           "zeta (cross-audio)": row(3.0), "alpha": row(0.9 + k)} for k in range(3)}
+    paired = paired_comparisons(per_clip, {"g": ["s/0", "s/1"]})
+    assert list(paired) == ["loudness-driven -> zeta", "loudness-driven -> alpha", "zeta -> alpha"]
+    c = paired["loudness-driven -> zeta"]["lse_d"]
+    assert c["all"]["gain"] == pytest.approx(0.2) and c["all"]["better"] == 3 and c["g"]["n"] == 2
+    assert paired["zeta -> alpha"]["open_corr"]["all"]["gain"] == pytest.approx(-0.1)
+    assert set(paired["zeta -> alpha"]) == {"lse_d", "open_corr"}  # measures no row has are left out
 
 
 def test_checkpoint_systems_names_each_articulation():

@@ -171,6 +171,20 @@ def test_pearson_auc_shared_with_trainer():
     assert M.auc([2, 3], [0, 1]) == 1.0 and M.auc([1], [1]) == 0.5
 
 
+def test_paired_gain_compares_clip_by_clip():
+    a = np.array([1.0, 2.0, 3.0, np.nan])
+    b = np.array([0.0, 2.0, 5.0, 1.0])
+    lo = M.paired_gain(a, b, lower_better=True, rng=np.random.default_rng(0))
+    assert lo["n"] == 3 and lo["better"] == 1  # the NaN clip is left out; b lower only on the first
+    assert lo["gain"] == pytest.approx(-1 / 3) and lo["a"] == pytest.approx(2.0) and lo["b"] == pytest.approx(7 / 3)
+    assert -2.0 <= lo["lo"] <= lo["gain"] <= lo["hi"] <= 1.0  # a bootstrap mean of the gains [1, 0, -2]
+    hi = M.paired_gain(a, b, lower_better=False, rng=np.random.default_rng(0))
+    assert hi["gain"] == pytest.approx(1 / 3) and hi["better"] == 1
+    same = M.paired_gain(np.arange(5.0), np.arange(5.0) + 0.5, lower_better=False, rng=np.random.default_rng(0))
+    assert same["lo"] == same["hi"] == same["gain"] == pytest.approx(0.5) and same["better"] == 5
+    assert M.paired_gain(np.array([np.nan]), np.array([1.0]), True, np.random.default_rng(0)) == {"n": 0}
+
+
 # ----------------------------------------------------------------------------------------------
 # LSE
 

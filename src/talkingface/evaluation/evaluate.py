@@ -318,6 +318,7 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
         result.update({f"calibration{sfx}": cal, f"calibration_real_wins{sfx}": wins, f"calibration_by_group{sfx}": cal_groups})
     if lm_expert is not None:
         result.update(landmark_sync_model=str(landmark_sync_model), landmark_sync_model_meta=lm_meta)
+    result["paired"] = paired_comparisons(per_clip, {g: [c for c in per_clip if group_of[c] == g] for g in by_group})
     result.update({"per_clip": per_clip, "seconds": round(time.time() - t0, 1),
                    "sync_by_viseme": {sys_: {v: {"mean": float(np.mean(d)), "n": len(d)} for v, d in vs.items()}
                                       for sys_, vs in by_viseme.items()}})
@@ -346,6 +347,36 @@ def calibration_tables(calib: dict[str, list[float]], groups: dict[str, list[int
                       for label in conditions}
                 for grp, ks in groups.items()}
     return cal, wins, by_group
+
+
+# Measures compared clip by clip in the report (name, lower is better). Jitter is left out: real
+# video jitters more than every model, so lower is not better.
+PAIRED_MEASURES = (("lse_d_lm", True), ("lse_d", True), ("open_corr", False), ("width_corr", False),
+                   ("psnr_mouth", False), ("lmd_norm", True), ("viseme_acc", False))
+
+
+def paired_comparisons(per_clip: dict[str, dict], groups: dict[str, list[str]], seed: int = 0) -> dict:
+    """Each generated system against the loudness-driven mouth (the cheapest trick that looks
+    synced: every measure must rank a real model above it) and, with several checkpoints, each
+    against the first, clip by clip (:func:`metrics.paired_gain`): ``{"a -> b": {measure: {group:
+    gain}}}`` over all clips and within each group (name -> clip ids)."""
+    systems = {s for r in per_clip.values() for s in r}
+    generated = {s for s in systems if s not in ("real", "still", LOUDNESS) and not s.endswith("(cross-audio)")}
+    models = list(dict.fromkeys(s for r in per_clip.values() for s in r if s in generated))  # --checkpoint order
+    pairs = [(LOUDNESS, m) for m in models if LOUDNESS in systems] + [(models[0], m) for m in models[1:]]
+    groups = {"all": list(per_clip), **groups}
+    out = {}
+    for a, b in pairs:
+        rng = np.random.default_rng(seed)
+        res = {}
+        for key, lower_better in PAIRED_MEASURES:
+            vals = {sys_: {g: np.array([per_clip[c].get(sys_, {}).get(key, np.nan) for c in clips], float)
+                           for g, clips in groups.items()} for sys_ in (a, b)}
+            by_group = {g: M.paired_gain(vals[a][g], vals[b][g], lower_better, rng) for g in groups}
+            if by_group["all"].get("n"):
+                res[key] = by_group
+        out[f"{a} -> {b}"] = res
+    return out
 
 
 def _fit(mel: torch.Tensor, t: int) -> torch.Tensor:
@@ -465,6 +496,7 @@ def _report(r: dict) -> str:
         for name, d in sbv.items():
             lines.append(f"| {name} | " + " | ".join(f"{d[v]['mean']:.3f}" if v in d else "" for v in vis) + " |")
         lines.append("\nPlot: `sync_by_viseme.png`.")
+    lines += _paired_lines(r.get("paired", {}))
     lines += ["", "Loudness baseline: correlation of speech loudness (dB) with the real mouth opening: "
               f"{s['real'].get('loudness_open_corr', float('nan')):.3f} "
               f"(AV-corrected: {s['real'].get('loudness_open_corr_av', float('nan')):.3f}).", "",
@@ -479,6 +511,26 @@ def _report(r: dict) -> str:
               "(0-255), overall and within silent stretches; id_psnr/id_ssim: upper face vs the reference frame.",
               f"Took {r['seconds']} s."]
     return "\n".join(lines) + "\n"
+
+
+def _paired_lines(paired: dict) -> list[str]:
+    """The clip-by-clip comparisons: a table per pair, a row per measure, a column per group."""
+    if not any(paired.values()):
+        return []
+    lines = ["", "### Clip by clip", "",
+             "Each model against the loudness-driven mouth and, with several checkpoints, against the first one, on the "
+             "same clips: the mean gain of the second (positive = better; lower-is-better measures flipped), its 95% "
+             "bootstrap interval over clips, and on how many clips the second is better."]
+    for pair, res in paired.items():
+        if not res:
+            continue
+        groups = list(next(iter(res.values())))
+        lines += ["", f"`{pair}`:", "", "| measure | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
+        for key, by_group in res.items():
+            cells = [f"{c['gain']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}] {c['better']}/{c['n']}" if c.get("n") else ""
+                     for c in by_group.values()]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _calibration_lines(r: dict, sfx: str) -> list[str]:
