@@ -262,8 +262,8 @@ class LossConfig:
     sync_start: int = 1500
     # Whether the lip-sync critic's gradient reaches the residual's paint (mouth interior colour).
     # False: it may shape the flow and the blend mask (how the mouth opens) but not the colour
-    # painted where the lips part. The critic saw only s1's pixels; with it on the paint, v7's
-    # wide-open interiors turned light pink on unseen faces (scripts/interior_probe.py).
+    # painted where the lips part. Tried in v9 against v7's light interiors: they stayed light
+    # (results/README, "eval-v9"), so the default keeps the paper's full sync loss.
     sync_paint: bool = True
 
 
