@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from talkingface.evaluation.evaluate import clip_values
 from talkingface.evaluation.metrics import paired_gain as compare
 
 # (claim, baseline row, row with the change, primary measure, other measures shown)
@@ -48,14 +49,10 @@ LOWER_IS_BETTER = {"jitter", "jitter_silent", "jitter_gap", "lmd_norm", "lmd_px"
 def per_clip(metrics: dict, system: str, key: str, clips: list[str]) -> np.ndarray:
     """One value per clip; jitter_gap = |jitter - the real clip's jitter| (how far the motion's
     roughness is from real motion, whichever way)."""
-    out = []
-    for c in clips:
-        r = metrics["per_clip"][c]
-        if key == "jitter_gap":
-            out.append(abs(r[system]["jitter"] - r["real"]["jitter"]) if system in r else np.nan)
-        else:
-            out.append(r.get(system, {}).get(key, np.nan))
-    return np.asarray(out, float)
+    if key != "jitter_gap":
+        return clip_values(metrics["per_clip"], system, key, clips)
+    return np.asarray([abs(r[system]["jitter"] - r["real"]["jitter"]) if system in r else np.nan
+                       for r in (metrics["per_clip"][c] for c in clips)], float)
 
 
 def verdict(c: dict) -> str:

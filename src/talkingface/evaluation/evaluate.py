@@ -370,13 +370,17 @@ def paired_comparisons(per_clip: dict[str, dict], groups: dict[str, list[str]], 
         rng = np.random.default_rng(seed)
         res = {}
         for key, lower_better in PAIRED_MEASURES:
-            vals = {sys_: {g: np.array([per_clip[c].get(sys_, {}).get(key, np.nan) for c in clips], float)
-                           for g, clips in groups.items()} for sys_ in (a, b)}
-            by_group = {g: M.paired_gain(vals[a][g], vals[b][g], lower_better, rng) for g in groups}
+            by_group = {g: M.paired_gain(clip_values(per_clip, a, key, clips), clip_values(per_clip, b, key, clips),
+                                         lower_better, rng) for g, clips in groups.items()}
             if by_group["all"].get("n"):
                 res[key] = by_group
         out[f"{a} -> {b}"] = res
     return out
+
+
+def clip_values(per_clip: dict[str, dict], system: str, key: str, clips: list[str]) -> np.ndarray:
+    """One system's value of one measure on each of the given clips (NaN where it has none)."""
+    return np.array([per_clip[c].get(system, {}).get(key, np.nan) for c in clips], float)
 
 
 def _fit(mel: torch.Tensor, t: int) -> torch.Tensor:
