@@ -543,25 +543,34 @@ def test_lip_coloured_residual_paints_only_the_photos_lip_hue():
         Generator(dataclasses.replace(TINY_G, residual_colour="lips", render="paint"))
 
 
-def test_sync_without_paint_sees_the_same_frames_but_cannot_pull_on_the_paint():
-    """loss.sync_paint = false: the critic's input equals the rendered frames, its gradient reaches
-    the blend mask (so the opening can still be shaped) but not the residual's colour channels."""
+def test_critic_input_sees_the_same_frames_but_cannot_pull_on_the_paint_or_the_mask():
+    """loss.sync_paint / loss.sync_mask = false: the critic's input equals the rendered frames; its
+    gradient reaches the blend mask and the flow but not the residual's colour channels (paint
+    off), or the flow alone (both off)."""
     g = Generator(dataclasses.replace(TINY_G, flow_init="layered", residual_colour="lips-relative"))
     _randomize_zero_init(g)
     img, pts = _ref(1)
     offsets = torch.zeros(1, 3, K, 2)
     offsets[:, :, 20:40, 1] = 0.03  # the lower lip drops: a gap the residual paints
     out = g(_mel(1, 3), img, pts, offsets=offsets)
-    x = losses.without_paint_gradient(out)
-    torch.testing.assert_close(x, out["lower"], atol=0, rtol=0)
     last = g.out[-1].weight  # output channels: 0-1 flow, 2 mask, 3- residual
-    (out["lower"].square().sum()).backward(retain_graph=True)
-    paint = float(last.grad[3:].abs().max())
-    assert paint > 0  # the plain loss does paint
-    last.grad = None
-    x.square().sum().backward()
-    # The two paths cancel up to rounding (the weight is multiplied in another order).
-    assert float(last.grad[3:].abs().max()) < 1e-6 * paint and float(last.grad[2].abs().max()) > 0.01 * paint
+
+    def grads(x):  # largest gradient of sum(x^2) on the last layer's flow, mask and paint channels
+        last.grad = None
+        x.square().sum().backward(retain_graph=True)
+        return [float(last.grad[c].abs().max()) for c in (slice(0, 2), slice(2, 3), slice(3, None))]
+
+    flow, mask, paint = grads(out["lower"])
+    assert min(flow, mask, paint) > 0  # the plain loss reaches all three
+    torch.testing.assert_close(losses.critic_input(out), out["lower"], atol=0, rtol=0)
+    for keep_paint, keep_mask in ((False, True), (True, False), (False, False)):
+        x = losses.critic_input(out, paint=keep_paint, mask=keep_mask)
+        torch.testing.assert_close(x, out["lower"], atol=0, rtol=0)
+        f, m, p = grads(x)
+        # A removed path cancels up to rounding (the weight is multiplied in another order).
+        assert (p > 0.01 * paint) if keep_paint else (p < 1e-6 * paint)
+        assert (m > 0.01 * mask) if keep_mask else (m < 1e-6 * mask)
+        assert f > 0.01 * flow  # the flow always learns: it moves the photo's own pixels
 
 
 def test_rest_offsets_make_silence_draw_the_photo_as_it_is():

@@ -242,9 +242,9 @@ def test_sync_expert_then_generator_with_sync_critic(corpus, tmp_path):
     assert math.isfinite(float(by_step[(2, "train")]["g_sync"]))
     assert 0.0 <= float(by_step[(2, "val")]["sync_p_fake"]) <= 1.0
 
-    # loss.sync_paint = false changes where the critic's gradient goes, not what it scores.
-    no_paint = dataclasses.replace(gen_cfg, loss=dataclasses.replace(gen_cfg.loss, sync_paint=False))
-    rows = _rows(train(no_paint, tmp_path / "gen-no-paint", progress=False))
+    # loss.sync_paint / sync_mask = false change where the critic's gradient goes, not what it scores.
+    flow_only = dataclasses.replace(gen_cfg, loss=dataclasses.replace(gen_cfg.loss, sync_paint=False, sync_mask=False))
+    rows = _rows(train(flow_only, tmp_path / "gen-flow-only", progress=False))
     assert {(int(r["step"]), r["split"]): r for r in rows}[(2, "train")]["g_sync"] == by_step[(2, "train")]["g_sync"]
 
 

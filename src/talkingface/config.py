@@ -265,6 +265,11 @@ class LossConfig:
     # painted where the lips part. Tried in v9 against v7's light interiors: they stayed light
     # (results/README, "eval-v9"), so the default keeps the paper's full sync loss.
     sync_paint: bool = True
+    # Whether it reaches the blend mask (where the photo is warped and where the residual paints).
+    # With both False the critic can only move the photo's pixels (the flow). Tried in v10: v9's
+    # light interiors are read as the mask letting more of the opening be painted
+    # (results/README, "eval-v10").
+    sync_mask: bool = True
 
 
 @dataclass(frozen=True)

@@ -392,18 +392,20 @@ class Generator(nn.Module):
             flow, mask = torch.zeros_like(flow), torch.zeros_like(mask)
         if not crops:
             return {"flow": v(flow), "mask": v(mask), "residual": v(rgb)}
-        lower = rgb if paint else mask * warp(ref_rep, flow) + (1 - mask) * rgb  # (N, 3, S/2, S)
+        warped = warp(ref_rep, flow)  # (N, 3, S/2, S)
+        lower = rgb if paint else mask * warped + (1 - mask) * rgb  # (N, 3, S/2, S)
         # Blend the first rows into the photo so no seam can appear at the half-way line.
         fr = self.cfg.feather_rows
         ramp = torch.ones(1, 1, s // 2, 1)
         ramp[:, :, :fr, 0] = torch.linspace(0, 1, fr + 2)[1:-1]
         lower = ramp * lower + (1 - ramp) * ref_rep
         frames = torch.cat([rep(ref[:, :, : s // 2]), lower], 2)  # (N, 3, S, S)
-        # d lower / d residual: lets a loss see the same frames without pulling on the paint
-        # (training.losses.without_paint_gradient).
+        # d lower / d residual and d lower / d mask: let a loss see the same frames without pulling
+        # on the paint or the blend mask (training.losses.critic_input).
         residual_weight = ramp * (1 - mask)  # (N, 1, S/2, S)
+        mask_weight = ramp * (warped - rgb)  # (N, 3, S/2, S)
         return {"frames": v(frames), "lower": v(lower), "flow": v(flow), "mask": v(mask), "residual": v(rgb),
-                "residual_weight": v(residual_weight)}
+                "residual_weight": v(residual_weight), "mask_weight": v(mask_weight)}
 
 
 RESIDUAL_COLOURS = ("free", "lips", "lips-relative")  # GeneratorConfig.residual_colour

@@ -33,14 +33,21 @@ def sync_windows(lower: torch.Tensor, mel: torch.Tensor, frames: int = 5, stride
     return v, a
 
 
-def without_paint_gradient(out: dict) -> torch.Tensor:
-    """The generator's rendered lower faces ``out["lower"]`` (B, T, 3, H, W), same values, with no
-    gradient into the residual's paint: lower is linear in the residual with weight
-    ``out["residual_weight"]`` (the blend mask's complement, feathered), so taking
-    weight * (residual - residual.detach()) back out (zero in value) leaves only the mask's and the
-    flow's paths. The weight stays attached: the mask still learns where to paint."""
-    res = out["residual"]  # (B, T, 3, H, W)
-    return out["lower"] - out["residual_weight"] * (res - res.detach())
+def critic_input(out: dict, paint: bool = True, mask: bool = True) -> torch.Tensor:
+    """The generator's rendered lower faces ``out["lower"]`` (B, T, 3, H, W), same values, with the
+    gradient into the residual's paint (``paint=False``) and/or the blend mask (``mask=False``)
+    taken out. lower = ramp * (mask * warped + (1 - mask) * residual) + (1 - ramp) * photo is linear
+    in each with weight ``out["residual_weight"]`` and ``out["mask_weight"]``; subtracting
+    weight * (x - x.detach()) (zero in value) removes that path and keeps the others. The weights
+    stay attached: with only the paint removed the mask still learns where to paint."""
+    lower = out["lower"]
+    if not paint:
+        res = out["residual"]  # (B, T, 3, H, W)
+        lower = lower - out["residual_weight"] * (res - res.detach())
+    if not mask:
+        m = out["mask"]  # (B, T, 1, H, W)
+        lower = lower - out["mask_weight"] * (m - m.detach())
+    return lower
 
 
 def sync_loss(expert, lower: torch.Tensor, mel: torch.Tensor, stride: int = 2) -> torch.Tensor:

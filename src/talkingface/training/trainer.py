@@ -422,8 +422,7 @@ class GeneratorTask:
             loss = loss + lc.frame_adv * g_frame + lc.seq_adv * g_seq
             m.update(g_frame=g_frame.item(), g_seq=g_seq.item())
         if use_sync:
-            ls = losses.sync_loss(self.expert, fake if lc.sync_paint else losses.without_paint_gradient(out),
-                                  batch["mel"])
+            ls = losses.sync_loss(self.expert, losses.critic_input(out, lc.sync_paint, lc.sync_mask), batch["mel"])
             loss = loss + lc.sync * ls
             m["g_sync"] = ls.item()
         self.opt_g.zero_grad(set_to_none=True)
