@@ -266,9 +266,8 @@ class LossConfig:
     # (results/README, "eval-v9"), so the default keeps the paper's full sync loss.
     sync_paint: bool = True
     # Whether it reaches the blend mask (where the photo is warped and where the residual paints).
-    # With both False the critic can only move the photo's pixels (the flow). Tried in v10: v9's
-    # light interiors are read as the mask letting more of the opening be painted
-    # (results/README, "eval-v10").
+    # With both False the critic can only move the photo's pixels (the flow). Tried in v10 against
+    # the light interiors: not darker, and landmark sync worse everywhere (results/README, "eval-v10").
     sync_mask: bool = True
 
 
