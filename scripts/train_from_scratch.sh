@@ -2,7 +2,8 @@
 # Trains the shipped generator's recipe (configs/generator-v7.toml) from a fresh clone, one stage
 # after another, and prints each stage's wall time: corpus, phoneme-balanced selection, the
 # lip-sync critic, the generator, and its fp16 export. Safe to re-run after a kill: finished
-# stages are skipped and a cut-off training resumes from its last checkpoint.
+# stages are skipped and a cut-off training resumes from its last checkpoint (times.tsv then
+# holds only the stages' finishing sittings: the time lost to the kill is not in the total).
 #   bash scripts/train_from_scratch.sh [RUN_ROOT]       # about 70-90 min on 2 CPU cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,5 +36,6 @@ train() {  # train RUN_DIR ARGS...: a fresh run, or --resume of a cut-off one
 [ -f "$root/generator/generator.pt" ] \
   || stage generator train "$root/generator" --config configs/generator-v7.toml \
        --set name=generator-from-scratch --set "sync_checkpoint=$root/sync-expert/sync_expert.pt"
-stage export python scripts/ship_checkpoint.py "$root/generator/generator.pt" -o "$root/generator/generator-fp16.pt"
+[ "$root/generator/generator-fp16.pt" -nt "$root/generator/generator.pt" ] \
+  || stage export python scripts/ship_checkpoint.py "$root/generator/generator.pt" -o "$root/generator/generator-fp16.pt"
 awk -F'\t' 'NR > 1 { s += $4 } END { printf "from scratch: %.1f min of wall time (%s)\n", s / 60, FILENAME }' "$times"
