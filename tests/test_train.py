@@ -248,6 +248,45 @@ def test_sync_expert_then_generator_with_sync_critic(corpus, tmp_path):
     assert {(int(r["step"]), r["split"]): r for r in rows}[(2, "train")]["g_sync"] == by_step[(2, "train")]["g_sync"]
 
 
+def _sync_cfg(corpus, *extra):
+    return load_config(TrainConfig, None, _overrides(
+        corpus, 'kind="sync"', "sync.width=8", "sync.audio.width=8", "sync.dim=32", "batch_size=4", "log_every=1",
+        "val_every=1", "ckpt_every=1", *extra))
+
+
+def test_keep_best_exports_the_best_validation_and_survives_a_resume(corpus, tmp_path):
+    """keep_best = "auc": the exported expert is the model of the best validation (equal to a run
+    stopped at that step), not the last step's; a resumed run keeps that choice."""
+    from talkingface.config import SyncExpertConfig
+    from talkingface.errors import TalkingFaceError
+    from talkingface.models.sync_expert import SyncExpert
+    from talkingface.training.checkpoint import load_model
+
+    # A high learning rate makes the tiny expert's val AUC move from step to step.
+    whole = Path(train(_sync_cfg(corpus, "steps=6", "lr_g=0.02", 'keep_best="auc"'), tmp_path / "whole", progress=False))
+    aucs = [float(r["auc"]) for r in _rows(whole) if r["split"] == "val"]
+    assert len(aucs) == 6 and len(set(aucs)) > 1
+    best_step = 1 + int(np.argmax(aucs))  # first of ties: only a strictly better AUC replaces the export
+    assert best_step < 6, "this test needs a run whose last validation is not its best"
+    kept, _, meta = load_model(whole / "sync_expert.pt", "sync", SyncExpert, SyncExpertConfig)
+    assert meta["step"] == best_step and meta["best"]["auc"] == pytest.approx(max(aucs))
+
+    stopped = Path(train(_sync_cfg(corpus, f"steps={best_step}", "lr_g=0.02"), tmp_path / "stopped", progress=False))
+    same, _, _ = load_model(stopped / "sync_expert.pt", "sync", SyncExpert, SyncExpertConfig)
+    for (k, a), b in zip(kept.state_dict().items(), same.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)
+
+    # Killed after step 3 and resumed: the same export.
+    part = tmp_path / "part"
+    train(_sync_cfg(corpus, "steps=3", "lr_g=0.02", 'keep_best="auc"'), part, progress=False)
+    train(_sync_cfg(corpus, "steps=6", "lr_g=0.02", 'keep_best="auc"'), part, resume=True, progress=False)
+    _, _, meta_r = load_model(part / "sync_expert.pt", "sync", SyncExpert, SyncExpertConfig)
+    assert meta_r["step"] == best_step and meta_r["best"] == meta["best"]
+
+    with pytest.raises(TalkingFaceError, match="not a val metric"):
+        train(_sync_cfg(corpus, "steps=1", 'keep_best="psnr"'), tmp_path / "bad", progress=False)
+
+
 def test_landmark_sync_expert_trains_and_is_no_generator_critic(corpus, tmp_path):
     """sync.visual = "landmarks": the same trainer, on mouth motion detected on the crops; the
     generator refuses it as its critic (no gradient reaches pixels through landmarks)."""

@@ -294,6 +294,11 @@ class TrainConfig:
     val_every: int = 250
     ckpt_every: int = 250
     val_windows: int = 16
+    # Export the model of the validation with the highest value of this val metric ("auc" for a
+    # sync expert) instead of the last step's. '' = the last step's. A constant-rate critic's val
+    # AUC swings from one validation to the next (0.966 at step 1000, 0.901 at 1500 in one run), and
+    # the generator trains against whatever the export holds.
+    keep_best: str = ""
     sync_checkpoint: str = ""  # frozen sync expert used as the lip-sync critic
     loss: LossConfig = field(default_factory=LossConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)

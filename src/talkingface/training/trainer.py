@@ -517,10 +517,13 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
     val_clips = load_clips(cfg.corpus, val_rows, data_cfg, motion=motion) if val_rows else []
     sampler = WindowSampler(train_clips, window, augment=cfg.augment, speed=cfg.augment_speed)
     val_sampler = WindowSampler(val_clips, window, augment=False) if val_clips else None
+    if cfg.keep_best and val_sampler is None:
+        raise TalkingFaceError(f"keep_best={cfg.keep_best!r} needs validation clips (split {cfg.val_split!r} is empty)")
 
     task = {"sync": SyncTask, "generator": GeneratorTask, "lipread": LipReadTask}[cfg.kind](cfg, world)
     rng = np.random.default_rng([cfg.seed, rank])
     start = 0
+    best: dict | None = None  # {"step", "value"} of the exported model when cfg.keep_best is set
     ck_path = run.dir / "checkpoint.pt"
     if resume:
         ck = load_checkpoint(ck_path)
@@ -531,6 +534,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
         start = int(ck["step"])
         rng.bit_generator.state = json.loads(ck["rng"])[rank] if world > 1 else json.loads(ck["rng"])[0]
         torch.set_rng_state(ck["torch_rng"])
+        best = json.loads(ck.get("best", "null"))
         run.truncate_metrics(start)
         log.info("resumed %s at step %d", run.dir, start)
 
@@ -543,12 +547,17 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
         if rank == 0:
             save_checkpoint(ck_path, {
                 "step": step, "config": json.dumps(to_dict(cfg)), "rng": json.dumps(states),
-                "torch_rng": torch.get_rng_state(),
+                "torch_rng": torch.get_rng_state(), "best": json.dumps(best),
                 "models": {k: m.state_dict() for k, m in task.modules().items()},
                 "optim": {k: o.state_dict() for k, o in task.optimizers().items()},
             })
 
     t0 = time.time()
+
+    def export(step: int, extra: dict) -> None:
+        task.export(run, step, {"train_seconds": round(time.time() - t0, 1), "corpus": cfg.corpus,
+                                "selection": cfg.selection, **extra})
+
     acc: dict[str, list[float]] = {}
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.name, disable=not progress or rank > 0)
     for step in bar:
@@ -566,17 +575,28 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
             run.log_metrics(done, "train", avg)
             bar.set_postfix({k: f"{v:.3g}" for k, v in list(avg.items())[:4]})
             acc = {}
-        if done % cfg.ckpt_every == 0 or done == cfg.steps:
-            checkpoint(done)
+        # Validation before the checkpoint, so a resumed run knows the best model exported so far.
         if (done % cfg.val_every == 0 or done == cfg.steps) and rank == 0 and val_sampler is not None:
-            run.log_metrics(done, "val", task.validate(val_sampler, run, done))
+            val = task.validate(val_sampler, run, done)
+            run.log_metrics(done, "val", val)
+            if cfg.keep_best:
+                if cfg.keep_best not in val:
+                    raise TalkingFaceError(f"keep_best={cfg.keep_best!r} is not a val metric of a {cfg.kind} run "
+                                           f"(it logs {', '.join(sorted(val)) or 'none'})")
+                if best is None or val[cfg.keep_best] > best["value"]:
+                    best = {"step": done, "value": float(val[cfg.keep_best])}
+                    export(done, {"best": {cfg.keep_best: best["value"]}})
+                    log.info("step %d: best %s so far (%.4f), exported", done, cfg.keep_best, best["value"])
             task.samples(val_sampler, run, done)
             run.plot()
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            checkpoint(done)
     if world > 1:
         _check_ranks_in_sync(task, rank, world)
-    if rank == 0:
-        task.export(run, cfg.steps, {"train_seconds": round(time.time() - t0, 1), "corpus": cfg.corpus,
-                                     "selection": cfg.selection})
+    if rank == 0 and not cfg.keep_best:
+        export(cfg.steps, {})
+    elif rank == 0 and best is not None:
+        log.info("exported the model of step %d (%s %.4f)", best["step"], cfg.keep_best, best["value"])
     if world > 1:
         dist.barrier()
     Run.close()
