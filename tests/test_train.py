@@ -4,6 +4,7 @@ Models are shrunk to a few channels so every run takes seconds."""
 
 import csv
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -279,6 +280,10 @@ def test_keep_best_exports_the_best_validation_and_survives_a_resume(corpus, tmp
     # Killed after step 3 and resumed: the same export.
     part = tmp_path / "part"
     train(_sync_cfg(corpus, "steps=3", "lr_g=0.02", 'keep_best="auc"'), part, progress=False)
+    ck = load_checkpoint(part / "checkpoint.pt")
+    best3 = 1 + int(np.argmax(aucs[:3]))
+    assert json.loads(ck["best"])["step"] == best3 and set(ck["best_state"]) == {"sync"}
+    (part / "sync_expert.pt").unlink()  # as if killed before the end: the export is made only then
     train(_sync_cfg(corpus, "steps=6", "lr_g=0.02", 'keep_best="auc"'), part, resume=True, progress=False)
     _, _, meta_r = load_model(part / "sync_expert.pt", "sync", SyncExpert, SyncExpertConfig)
     assert meta_r["step"] == best_step and meta_r["best"] == meta["best"]

@@ -523,7 +523,11 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
     task = {"sync": SyncTask, "generator": GeneratorTask, "lipread": LipReadTask}[cfg.kind](cfg, world)
     rng = np.random.default_rng([cfg.seed, rank])
     start = 0
-    best: dict | None = None  # {"step", "value"} of the exported model when cfg.keep_best is set
+    # cfg.keep_best: the best validation so far, {"step", "value"}, and its weights. They travel in
+    # the checkpoint and are exported only when the run ends, so an exported file still means a
+    # finished run (scripts/train_from_scratch.sh skips a stage by it).
+    best: dict | None = None
+    best_state: dict | None = None
     ck_path = run.dir / "checkpoint.pt"
     if resume:
         ck = load_checkpoint(ck_path)
@@ -534,7 +538,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
         start = int(ck["step"])
         rng.bit_generator.state = json.loads(ck["rng"])[rank] if world > 1 else json.loads(ck["rng"])[0]
         torch.set_rng_state(ck["torch_rng"])
-        best = json.loads(ck.get("best", "null"))
+        best, best_state = json.loads(ck.get("best", "null")), ck.get("best_state")
         run.truncate_metrics(start)
         log.info("resumed %s at step %d", run.dir, start)
 
@@ -547,7 +551,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
         if rank == 0:
             save_checkpoint(ck_path, {
                 "step": step, "config": json.dumps(to_dict(cfg)), "rng": json.dumps(states),
-                "torch_rng": torch.get_rng_state(), "best": json.dumps(best),
+                "torch_rng": torch.get_rng_state(), "best": json.dumps(best), "best_state": best_state,
                 "models": {k: m.state_dict() for k, m in task.modules().items()},
                 "optim": {k: o.state_dict() for k, o in task.optimizers().items()},
             })
@@ -575,7 +579,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
             run.log_metrics(done, "train", avg)
             bar.set_postfix({k: f"{v:.3g}" for k, v in list(avg.items())[:4]})
             acc = {}
-        # Validation before the checkpoint, so a resumed run knows the best model exported so far.
+        # Validation before the checkpoint, so that the checkpoint holds the best model so far.
         if (done % cfg.val_every == 0 or done == cfg.steps) and rank == 0 and val_sampler is not None:
             val = task.validate(val_sampler, run, done)
             run.log_metrics(done, "val", val)
@@ -585,8 +589,9 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
                                            f"(it logs {', '.join(sorted(val)) or 'none'})")
                 if best is None or val[cfg.keep_best] > best["value"]:
                     best = {"step": done, "value": float(val[cfg.keep_best])}
-                    export(done, {"best": {cfg.keep_best: best["value"]}})
-                    log.info("step %d: best %s so far (%.4f), exported", done, cfg.keep_best, best["value"])
+                    best_state = {k: {n: v.detach().clone() for n, v in m.state_dict().items()}
+                                  for k, m in task.modules().items()}
+                    log.info("step %d: best %s so far (%.4f)", done, cfg.keep_best, best["value"])
             task.samples(val_sampler, run, done)
             run.plot()
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
@@ -595,7 +600,10 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
         _check_ranks_in_sync(task, rank, world)
     if rank == 0 and not cfg.keep_best:
         export(cfg.steps, {})
-    elif rank == 0 and best is not None:
+    elif rank == 0:
+        for k, m in task.modules().items():
+            m.load_state_dict(best_state[k])
+        export(best["step"], {"best": {cfg.keep_best: best["value"]}, "steps": cfg.steps})
         log.info("exported the model of step %d (%s %.4f)", best["step"], cfg.keep_best, best["value"])
     if world > 1:
         dist.barrier()
