@@ -208,6 +208,12 @@ def test_kill_and_resume_from_cli(corpus, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     k = int(load_checkpoint(run / "checkpoint.pt")["step"])
     assert k >= 2 and k % 2 == 0
+    # Starting afresh in the used folder is refused (it would mix two runs), leaving it untouched.
+    before = (run / "metrics.csv").read_bytes()
+    r = _cli("train", "-q", "--run-dir", str(run), *sets, timeout=120)
+    assert r.returncode != 0 and "already holds a run" in r.stderr and "--resume" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (run / "metrics.csv").read_bytes() == before and int(load_checkpoint(run / "checkpoint.pt")["step"]) == k
     r = _cli("train", "-q", "--resume", str(run), "--set", f"steps={k + 3}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Traceback" not in r.stderr

@@ -507,6 +507,12 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
         raise TalkingFaceError(f"train.kind must be 'sync', 'generator' or 'lipread', got {cfg.kind!r}")
     if cfg.kind == "generator" and cfg.window < 11 and cfg.loss.seq_adv > 0:
         raise TalkingFaceError("the sequence discriminator needs windows of >= 11 frames")
+    if not resume and run_dir is not None and rank == 0:
+        # Starting afresh in a used folder would mix two runs' metrics and overwrite the checkpoint.
+        used = [n for n in ("checkpoint.pt", "metrics.csv") if (Path(run_dir) / n).exists()]
+        if used:
+            raise TalkingFaceError(f"{run_dir} already holds a run ({used[0]}): continue it with --resume "
+                                   f"{run_dir}, or give another --run-dir")
     run = Run(cfg, Path(run_dir) if run_dir else None, rank)
     data_cfg = config_from_json(DataConfig, Path(cfg.corpus) / "config.json")
     train_rows, val_rows = _load_rows(cfg)
