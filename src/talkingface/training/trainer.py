@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -593,7 +594,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
                 if cfg.keep_best not in val:
                     raise TalkingFaceError(f"keep_best={cfg.keep_best!r} is not a val metric of a {cfg.kind} run "
                                            f"(it logs {', '.join(sorted(val)) or 'none'})")
-                if best is None or val[cfg.keep_best] > best["value"]:
+                if math.isfinite(val[cfg.keep_best]) and (best is None or val[cfg.keep_best] > best["value"]):
                     best = {"step": done, "value": float(val[cfg.keep_best])}
                     best_state = {k: {n: v.detach().clone() for n, v in m.state_dict().items()}
                                   for k, m in task.modules().items()}
@@ -607,6 +608,8 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
     if rank == 0 and not cfg.keep_best:
         export(cfg.steps, {})
     elif rank == 0:
+        if best is None:
+            raise TalkingFaceError(f"keep_best={cfg.keep_best!r}: no validation gave a finite value; nothing exported")
         for k, m in task.modules().items():
             m.load_state_dict(best_state[k])
         export(best["step"], {"best": {cfg.keep_best: best["value"]}, "steps": cfg.steps})
