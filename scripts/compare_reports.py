@@ -19,8 +19,9 @@ from pathlib import Path
 from talkingface.evaluation.evaluate import paired_comparisons
 
 
-def compare(specs: list[str], trained_speakers: set[str]) -> str:
-    """The markdown tables: each REPORT_FOLDER:SYSTEM of ``specs[1:]`` against ``specs[0]``."""
+def compare(specs: list[str]) -> str:
+    """The markdown tables: each REPORT_FOLDER:SYSTEM of ``specs[1:]`` against ``specs[0]``, over all
+    shared clips and within each group the reports name ("unseen sentences", "unseen speakers")."""
     per_clip: dict[str, dict] = {}
     group_of: dict[str, str] = {}
     labels = []
@@ -31,11 +32,12 @@ def compare(specs: list[str], trained_speakers: set[str]) -> str:
         if label in labels:
             raise SystemExit(f"{spec}: given twice")
         labels.append(label)
+        group_of_speaker = {spk: g for g, info in m["by_group"].items() for spk in info["speakers"]}
         for clip, rows in m["per_clip"].items():
             if system not in rows:
                 raise SystemExit(f"{spec}: no system {system!r} in {folder}/metrics.json (it has {sorted(rows)})")
             per_clip.setdefault(clip, {})[label] = rows[system]
-            group_of[clip] = "unseen sentences" if clip.split("/")[0] in trained_speakers else "unseen speakers"
+            group_of[clip] = group_of_speaker[clip.split("/")[0]]
     common = [c for c, r in per_clip.items() if all(lab in r for lab in labels)]
     if not common:
         raise SystemExit("the reports share no clip")
@@ -56,12 +58,10 @@ def compare(specs: list[str], trained_speakers: set[str]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("systems", nargs="+", help="REPORT_FOLDER:SYSTEM, the baseline first")
-    ap.add_argument("--trained-speakers", default="s1",
-                    help="comma-separated speakers the models trained on (their clips are 'unseen sentences')")
     args = ap.parse_args()
     if len(args.systems) < 2:
         ap.error("give a baseline and at least one system to compare with it")
-    print(compare(args.systems, set(args.trained_speakers.split(","))))
+    print(compare(args.systems))
 
 
 if __name__ == "__main__":
