@@ -285,6 +285,10 @@ class TrainConfig:
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
+    # From this step on every optimiser's learning rate falls linearly, reaching 0 at the last step
+    # (pix2pix's schedule): at a constant rate the adversarial game keeps swinging, and the export is
+    # whichever point of the swing the last step lands on. 0 = a constant rate (every run before v11).
+    lr_decay_start: int = 0
     augment: bool = True
     # Speaking-rate perturbation of the audio windows (data/dataset.py augment_batch): 0.25 = rates
     # 0.8-1.25x. 0 (off) keeps the random stream, and so runs made before it, unchanged.

@@ -173,6 +173,13 @@ def _bare(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def lr_scale(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of (0-based) `step` as a fraction of the configured one (cfg.lr_decay_start)."""
+    if cfg.lr_decay_start <= 0 or step < cfg.lr_decay_start:
+        return 1.0
+    return (cfg.steps - step) / (cfg.steps - cfg.lr_decay_start)
+
+
 def _load_rows(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
     corpus = Path(cfg.corpus)
     rows = read_manifest(corpus)
@@ -506,6 +513,9 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     if cfg.kind not in ("sync", "generator", "lipread"):
         raise TalkingFaceError(f"train.kind must be 'sync', 'generator' or 'lipread', got {cfg.kind!r}")
+    if not 0 <= cfg.lr_decay_start < cfg.steps:
+        raise TalkingFaceError(f"lr_decay_start must be 0 (a constant rate) or a step before steps={cfg.steps}, "
+                               f"got {cfg.lr_decay_start}")
     if cfg.kind == "generator" and cfg.window < 11 and cfg.loss.seq_adv > 0:
         raise TalkingFaceError("the sequence discriminator needs windows of >= 11 frames")
     if not resume and run_dir is not None and rank == 0:
@@ -569,14 +579,25 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
         task.export(run, step, {"train_seconds": round(time.time() - t0, 1), "corpus": cfg.corpus,
                                 "selection": cfg.selection, **extra})
 
+    # The configured rate of each parameter group, kept in the optimiser's state (so in the
+    # checkpoint) the way torch's schedulers keep it; the rate itself is set anew every step.
+    for opt in task.optimizers().values():
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
     acc: dict[str, list[float]] = {}
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.name, disable=not progress or rank > 0)
     for step in bar:
+        scale = lr_scale(cfg, step)
+        for opt in task.optimizers().values():
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * scale
         if cfg.kind == "generator" and step < cfg.loss.motion_steps:
             m = task.motion_step(sampler.sample(cfg.loss.motion_batch_size, rng, targets=False))
         else:
             # A landmark sync expert reads no pixels: leave the crops (the costly part) out.
             m = task.step(sampler.sample(cfg.batch_size, rng, negatives=cfg.kind == "sync", targets=not motion), step)
+        if cfg.lr_decay_start:
+            m["lr_scale"] = scale
         for k, v in m.items():
             acc.setdefault(k, []).append(v)
         done = step + 1
