@@ -125,6 +125,47 @@ def test_resume_matches_uninterrupted_run(corpus, run6, tmp_path):
     assert str(run) not in (Path(run6) / "train.log").read_text()
 
 
+def test_lr_decay_is_linear_to_zero_and_resumes_exactly(corpus, run6, tmp_path, monkeypatch):
+    """lr_decay_start=3 over 6 steps: steps 0-2 at the full rate, then 3/3, 2/3, 1/3 of it; a run
+    resumed from its step-5 checkpoint (mid-decay) ends with the weights of the uninterrupted run."""
+    from talkingface.errors import TalkingFaceError
+    from talkingface.training import trainer
+
+    cfg = dataclasses.replace(_gen_cfg(corpus, 6), lr_decay_start=3, ckpt_every=1)
+    saved = {}
+    real_save = trainer.save_checkpoint
+
+    def save_and_keep(path, state):  # keeps a copy of every step's checkpoint
+        real_save(path, state)
+        saved[state["step"]] = Path(path).read_bytes()
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_and_keep)
+    whole = Path(train(cfg, tmp_path / "whole", progress=False))
+    monkeypatch.undo()
+    rows = [r for r in _rows(whole) if r["split"] == "train"]
+    assert [float(r["lr_scale"]) for r in rows] == pytest.approx([1.0, 2 / 3])  # means over steps 0-2, 3-5
+    ck = load_checkpoint(whole / "checkpoint.pt")
+    for name in ("g", "d"):
+        group = ck["optim"][name]["param_groups"][0]
+        assert group["initial_lr"] == pytest.approx(2e-4) and group["lr"] == pytest.approx(2e-4 / 3)
+    # Up to step 3 this is the constant-rate run6, digit for digit; the decay changes what follows.
+    const = [_no_timing(r) for r in _rows(run6) if r["split"] == "train"]
+    assert {k: v for k, v in _no_timing(rows[0]).items() if k != "lr_scale"} == const[0]
+    g6 = load_checkpoint(Path(run6) / "checkpoint.pt")["models"]["generator"]
+    assert any(not torch.equal(v, ck["models"]["generator"][k]) for k, v in g6.items())
+
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    (cut / "checkpoint.pt").write_bytes(saved[5])  # as if killed after step 5's checkpoint
+    train(cfg, cut, resume=True, progress=False)
+    resumed = load_checkpoint(cut / "checkpoint.pt")
+    for k, v in ck["models"]["generator"].items():
+        torch.testing.assert_close(resumed["models"]["generator"][k], v, atol=1e-6, rtol=0, msg=k)
+
+    with pytest.raises(TalkingFaceError, match="lr_decay_start"):
+        train(dataclasses.replace(cfg, lr_decay_start=6), tmp_path / "bad", progress=False)
+
+
 def _cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "talkingface.cli", *args], capture_output=True, text=True, **kw)
 
