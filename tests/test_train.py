@@ -166,6 +166,52 @@ def test_lr_decay_is_linear_to_zero_and_resumes_exactly(corpus, run6, tmp_path, 
         train(dataclasses.replace(cfg, lr_decay_start=6), tmp_path / "bad", progress=False)
 
 
+def test_weight_average_is_exported_and_resumes_exactly(corpus, tmp_path, monkeypatch):
+    """ema_start=4, ema_beta=0.5 over 6 steps: the export is 1/4 w4 + 1/4 w5 + 1/2 w6 of the live
+    weights after steps 4-6, validation reports it as ema_*, and resuming from a checkpoint made
+    before the average existed (as from a run started without it) ends with the same export."""
+    from talkingface.config import GeneratorConfig
+    from talkingface.inference import load_generator
+    from talkingface.models.generator import Generator
+    from talkingface.training import trainer
+    from talkingface.training.checkpoint import load_model, save_checkpoint
+
+    cfg = dataclasses.replace(_gen_cfg(corpus, 6), ema_start=4, ema_beta=0.5, ckpt_every=1)
+    saved = {}
+    real_save = trainer.save_checkpoint
+
+    def save_and_keep(path, state):
+        real_save(path, state)
+        saved[state["step"]] = load_checkpoint(path)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_and_keep)
+    whole = Path(train(cfg, tmp_path / "whole", progress=False))
+    monkeypatch.undo()
+    live = {k: saved[k]["models"]["generator"] for k in (4, 5, 6)}
+    g, _, meta = load_model(whole / "generator.pt", "generator", Generator, GeneratorConfig)
+    assert meta["ema"] == {"start": 4, "beta": 0.5, "updates": 3}
+    for k, v in g.state_dict().items():
+        want = live[6][k] if not v.is_floating_point() or k.endswith(("running_mean", "running_var")) \
+            else 0.25 * live[4][k] + 0.25 * live[5][k] + 0.5 * live[6][k]
+        torch.testing.assert_close(v, want, atol=1e-6, rtol=1e-5, msg=k)
+    assert any(not torch.equal(v, live[6][k]) for k, v in g.state_dict().items())  # not the last step's
+    val = [r for r in _rows(whole) if r["split"] == "val"][-1]
+    assert float(val["ema_psnr_lower"]) > 10 and val["ema_psnr_lower"] != val["psnr_lower"]
+    load_generator(whole / "generator.pt")  # the export loads as an ordinary generator
+
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    ck3 = saved[3]
+    assert int(ck3["models"]["generator_ema"]["updates"]) == 0
+    del ck3["models"]["generator_ema"]
+    save_checkpoint(cut / "checkpoint.pt", ck3)
+    (cut / "generator.pt").unlink()
+    train(cfg, cut, resume=True, progress=False)
+    g2, _, _ = load_model(cut / "generator.pt", "generator", Generator, GeneratorConfig)
+    for (k, a), b in zip(g.state_dict().items(), g2.state_dict().values()):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=0, msg=k)
+
+
 def _cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "talkingface.cli", *args], capture_output=True, text=True, **kw)
 

@@ -289,6 +289,12 @@ class TrainConfig:
     # (pix2pix's schedule): at a constant rate the adversarial game keeps swinging, and the export is
     # whichever point of the swing the last step lands on. 0 = a constant rate (every run before v11).
     lr_decay_start: int = 0
+    # From this step on the generator also keeps an exponential moving average of its weights
+    # (weight ema_beta on the average, per step), and that average is what validation reports as
+    # ema_* and what the run exports: the adversarial phase's step-to-step swings average out
+    # while training itself is unchanged. 0 = no average, the last step's weights are exported.
+    ema_start: int = 0
+    ema_beta: float = 0.998
     augment: bool = True
     # Speaking-rate perturbation of the audio windows (data/dataset.py augment_batch): 0.25 = rates
     # 0.8-1.25x. 0 (off) keeps the random stream, and so runs made before it, unchanged.

@@ -9,6 +9,7 @@ CPU, nccl on GPU): each rank draws its own windows, gradients are averaged, rank
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -357,6 +358,27 @@ def evaluate_sync(expert: SyncExpert, clips, min_shift: int = 13, max_windows: i
             "cos_true": float(p.mean()), "cos_shifted": float(n.mean())}
 
 
+class WeightAverage(torch.nn.Module):
+    """An exponential moving average of a model's weights (buffers copied as they are). Its state
+    dict holds the averaged model and the number of updates, so it checkpoints like any module;
+    the first update copies the model."""
+
+    def __init__(self, model: torch.nn.Module, beta: float):
+        super().__init__()
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.beta = beta
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        beta = self.beta if self.updates > 0 else 0.0
+        for a, p in zip(self.model.parameters(), model.parameters()):
+            a.lerp_(p.detach(), 1.0 - beta)
+        for a, b in zip(self.model.buffers(), model.buffers()):
+            a.copy_(b)
+        self.updates += 1
+
+
 class GeneratorTask:
     """Trains the recurrent generator with L1 + landmarks, then frame/sequence adversaries, then the
     frozen sync critic, switching terms on at the configured steps (the paper's staged schedule)."""
@@ -379,9 +401,19 @@ class GeneratorTask:
                                        f"'crops', not {self.expert.cfg.visual!r}): its gradient reaches the generator through them")
             for p in self.expert.parameters():
                 p.requires_grad_(False)
+        self.g_ema = WeightAverage(_bare(self.g), cfg.ema_beta) if cfg.ema_start > 0 else None
 
     def modules(self) -> dict:
-        return {"generator": _bare(self.g), "frame_d": _bare(self.fd), "seq_d": _bare(self.sd)}
+        m = {"generator": _bare(self.g), "frame_d": _bare(self.fd), "seq_d": _bare(self.sd)}
+        if self.g_ema is not None:
+            m["generator_ema"] = self.g_ema
+        return m
+
+    def exported(self) -> torch.nn.Module:
+        """The generator a run exports: the weight average once it has started, else the live one."""
+        if self.g_ema is not None and self.g_ema.updates > 0:
+            return self.g_ema.model
+        return _bare(self.g)
 
     def optimizers(self) -> dict:
         return {"g": self.opt_g, "d": self.opt_d}
@@ -439,6 +471,8 @@ class GeneratorTask:
             for p in _bare(self.g).motion_parameters():
                 p.grad = None
         self.opt_g.step()
+        if self.g_ema is not None and step + 1 >= self.cfg.ema_start:
+            self.g_ema.update(_bare(self.g))
         m["loss_g"] = loss.item()
         if adv:
             for p in list(self.fd.parameters()) + list(self.sd.parameters()):
@@ -454,8 +488,13 @@ class GeneratorTask:
 
     @torch.no_grad()
     def validate(self, sampler: WindowSampler, run: Run, step: int) -> dict:
-        g = _bare(self.g).eval()
         b = sampler.fixed(self.cfg.val_windows, seed=self.cfg.seed)
+        m = self._validate(_bare(self.g).eval(), b)
+        if self.g_ema is not None and self.g_ema.updates > 0:
+            m.update({f"ema_{k}": v for k, v in self._validate(self.g_ema.model, b).items()})
+        return m
+
+    def _validate(self, g: Generator, b: dict) -> dict:
         out = g(b["mel"], b["ref"], b["ref_points"])
         fake, real = out["lower"], lower_half(b["target"])
         mse = ((fake - real) ** 2).mean((2, 3, 4)).clamp_min(1e-10)
@@ -498,7 +537,10 @@ class GeneratorTask:
         write_video(run.dir / "samples" / f"step{step:06d}.mp4", side, 25.0)
 
     def export(self, run: Run, step: int, meta: dict) -> None:
-        export_model(run.dir / "generator.pt", "generator", _bare(self.g), self.cfg.generator, {"step": step, **meta})
+        if self.g_ema is not None:
+            meta = {**meta, "ema": {"start": self.cfg.ema_start, "beta": self.cfg.ema_beta,
+                                    "updates": int(self.g_ema.updates)}}
+        export_model(run.dir / "generator.pt", "generator", self.exported(), self.cfg.generator, {"step": step, **meta})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -549,6 +591,9 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
     if resume:
         ck = load_checkpoint(ck_path)
         for k, mod in task.modules().items():
+            if k == "generator_ema" and k not in ck["models"]:  # switched on at this resume
+                log.info("%s holds no weight average: it starts at the next step", ck_path)
+                continue
             mod.load_state_dict(ck["models"][k])
         for k, opt in task.optimizers().items():
             opt.load_state_dict(ck["optim"][k])
