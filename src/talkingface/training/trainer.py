@@ -592,7 +592,8 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
         ck = load_checkpoint(ck_path)
         for k, mod in task.modules().items():
             if k == "generator_ema" and k not in ck["models"]:  # switched on at this resume
-                log.info("%s holds no weight average: it starts at the next step", ck_path)
+                log.info("%s holds no weight average: it starts afresh at step %d or at the next step, "
+                         "whichever is later", ck_path, cfg.ema_start)
                 continue
             mod.load_state_dict(ck["models"][k])
         for k, opt in task.optimizers().items():
