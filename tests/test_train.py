@@ -211,6 +211,13 @@ def test_weight_average_is_exported_and_resumes_exactly(corpus, tmp_path, monkey
     for (k, a), b in zip(g.state_dict().items(), g2.state_dict().values()):
         torch.testing.assert_close(b, a, atol=1e-6, rtol=0, msg=k)
 
+    from talkingface.errors import TalkingFaceError
+
+    for bad in (dataclasses.replace(cfg, ema_start=7), dataclasses.replace(cfg, ema_beta=1.0),
+                _sync_cfg(corpus, "steps=2", "ema_start=1")):
+        with pytest.raises(TalkingFaceError, match="weight average"):
+            train(bad, tmp_path / "bad", progress=False)
+
 
 def _cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "talkingface.cli", *args], capture_output=True, text=True, **kw)
