@@ -171,6 +171,7 @@ def test_weight_average_is_exported_and_resumes_exactly(corpus, tmp_path, monkey
     weights after steps 4-6, validation reports it as ema_*, and resuming from a checkpoint made
     before the average existed (as from a run started without it) ends with the same export."""
     from talkingface.config import GeneratorConfig
+    from talkingface.errors import TalkingFaceError
     from talkingface.inference import load_generator
     from talkingface.models.generator import Generator
     from talkingface.training import trainer
@@ -210,8 +211,6 @@ def test_weight_average_is_exported_and_resumes_exactly(corpus, tmp_path, monkey
     g2, _, _ = load_model(cut / "generator.pt", "generator", Generator, GeneratorConfig)
     for (k, a), b in zip(g.state_dict().items(), g2.state_dict().values()):
         torch.testing.assert_close(b, a, atol=1e-6, rtol=0, msg=k)
-
-    from talkingface.errors import TalkingFaceError
 
     for bad in (dataclasses.replace(cfg, ema_start=7), dataclasses.replace(cfg, ema_beta=1.0),
                 _sync_cfg(corpus, "steps=2", "ema_start=1")):
