@@ -27,7 +27,10 @@ def compare(specs: list[str]) -> str:
     labels = []
     for spec in specs:
         folder, _, system = spec.rpartition(":")
-        m = json.loads((Path(folder) / "metrics.json").read_text())
+        report = Path(folder) / "metrics.json"
+        if not report.is_file():
+            raise SystemExit(f"{spec}: no {report} (give REPORT_FOLDER:SYSTEM, the folder `talkingface evaluate -o` wrote)")
+        m = json.loads(report.read_text())
         label = f"{Path(folder).name}:{system}"
         if label in labels:
             raise SystemExit(f"{spec}: given twice")

@@ -329,3 +329,5 @@ def test_compare_reports_pairs_clips_across_report_folders(tmp_path):
     assert cells[1].endswith("0/5") and cells[2].endswith("0/2")  # unseen sentences (s1), unseen speakers
     with pytest.raises(SystemExit, match="no system 'other'"):
         cr.compare([f"{tmp_path / 'rep-a'}:gen", f"{tmp_path / 'rep-b'}:other"])
+    with pytest.raises(SystemExit, match="no .*missing/metrics.json"):
+        cr.compare([f"{tmp_path / 'rep-a'}:gen", f"{tmp_path / 'missing'}:gen"])
