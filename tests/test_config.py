@@ -49,3 +49,22 @@ def test_sync_expert_visual_round_trips_and_defaults_to_crops(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps(old))
     assert config_from_json(SyncExpertConfig, tmp_path / "old.json").visual == "crops"
     assert load_config(TrainConfig, None, ["sync.visual=landmarks"]).sync.visual == "landmarks"
+
+
+def test_every_shipped_config_loads_and_v11_is_v7_plus_the_weight_average():
+    """Each configs/*.toml parses (no unknown keys). v11 trains exactly v7's steps, so that its
+    from-scratch wall time and its live weights are v7's (results/README, "eval-v12"): the two
+    differ only in the name and the weight average."""
+    import dataclasses
+    from pathlib import Path
+
+    from talkingface.config import TrainConfig, to_dict
+
+    root = Path(__file__).parents[1] / "configs"
+    files = sorted(root.rglob("*.toml"))
+    assert len(files) > 10
+    cfgs = {p.relative_to(root).as_posix(): load_config(TrainConfig, p) for p in files}
+    v7, v11 = cfgs["generator-v7.toml"], cfgs["generator-v11.toml"]
+    assert v11.ema_start == v7.loss.sync_start and 0 < v11.ema_beta < 1 and v7.ema_start == 0
+    same = dataclasses.replace(v11, name=v7.name, ema_start=v7.ema_start, ema_beta=v7.ema_beta)
+    assert to_dict(same) == to_dict(v7)
