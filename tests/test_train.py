@@ -125,23 +125,32 @@ def test_resume_matches_uninterrupted_run(corpus, run6, tmp_path):
     assert str(run) not in (Path(run6) / "train.log").read_text()
 
 
+def _train_keeping_checkpoints(cfg, run_dir, monkeypatch) -> tuple[Path, dict]:
+    """Trains cfg into run_dir and returns it with every checkpoint written on the way, by step
+    (each as load_checkpoint reads it back), to resume from as if the run had been killed there."""
+    from talkingface.training import trainer
+
+    saved = {}
+    real_save = trainer.save_checkpoint
+
+    def save_and_keep(path, state):
+        real_save(path, state)
+        saved[state["step"]] = load_checkpoint(path)
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "save_checkpoint", save_and_keep)
+        run = Path(train(cfg, run_dir, progress=False))
+    return run, saved
+
+
 def test_lr_decay_is_linear_to_zero_and_resumes_exactly(corpus, run6, tmp_path, monkeypatch):
     """lr_decay_start=3 over 6 steps: steps 0-2 at the full rate, then 3/3, 2/3, 1/3 of it; a run
     resumed from its step-5 checkpoint (mid-decay) ends with the weights of the uninterrupted run."""
     from talkingface.errors import TalkingFaceError
-    from talkingface.training import trainer
+    from talkingface.training.checkpoint import save_checkpoint
 
     cfg = dataclasses.replace(_gen_cfg(corpus, 6), lr_decay_start=3, ckpt_every=1)
-    saved = {}
-    real_save = trainer.save_checkpoint
-
-    def save_and_keep(path, state):  # keeps a copy of every step's checkpoint
-        real_save(path, state)
-        saved[state["step"]] = Path(path).read_bytes()
-
-    monkeypatch.setattr(trainer, "save_checkpoint", save_and_keep)
-    whole = Path(train(cfg, tmp_path / "whole", progress=False))
-    monkeypatch.undo()
+    whole, saved = _train_keeping_checkpoints(cfg, tmp_path / "whole", monkeypatch)
     rows = [r for r in _rows(whole) if r["split"] == "train"]
     assert [float(r["lr_scale"]) for r in rows] == pytest.approx([1.0, 2 / 3])  # means over steps 0-2, 3-5
     ck = load_checkpoint(whole / "checkpoint.pt")
@@ -156,7 +165,7 @@ def test_lr_decay_is_linear_to_zero_and_resumes_exactly(corpus, run6, tmp_path, 
 
     cut = tmp_path / "cut"
     shutil.copytree(whole, cut)
-    (cut / "checkpoint.pt").write_bytes(saved[5])  # as if killed after step 5's checkpoint
+    save_checkpoint(cut / "checkpoint.pt", saved[5])  # as if killed after step 5's checkpoint
     train(cfg, cut, resume=True, progress=False)
     resumed = load_checkpoint(cut / "checkpoint.pt")
     for k, v in ck["models"]["generator"].items():
@@ -174,20 +183,10 @@ def test_weight_average_is_exported_and_resumes_exactly(corpus, tmp_path, monkey
     from talkingface.errors import TalkingFaceError
     from talkingface.inference import load_generator
     from talkingface.models.generator import Generator
-    from talkingface.training import trainer
     from talkingface.training.checkpoint import load_model, save_checkpoint
 
     cfg = dataclasses.replace(_gen_cfg(corpus, 6), ema_start=4, ema_beta=0.5, ckpt_every=1)
-    saved = {}
-    real_save = trainer.save_checkpoint
-
-    def save_and_keep(path, state):
-        real_save(path, state)
-        saved[state["step"]] = load_checkpoint(path)
-
-    monkeypatch.setattr(trainer, "save_checkpoint", save_and_keep)
-    whole = Path(train(cfg, tmp_path / "whole", progress=False))
-    monkeypatch.undo()
+    whole, saved = _train_keeping_checkpoints(cfg, tmp_path / "whole", monkeypatch)
     live = {k: saved[k]["models"]["generator"] for k in (4, 5, 6)}
     g, _, meta = load_model(whole / "generator.pt", "generator", Generator, GeneratorConfig)
     assert meta["ema"] == {"start": 4, "beta": 0.5, "updates": 3}
