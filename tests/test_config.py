@@ -51,10 +51,12 @@ def test_sync_expert_visual_round_trips_and_defaults_to_crops(tmp_path):
     assert load_config(TrainConfig, None, ["sync.visual=landmarks"]).sync.visual == "landmarks"
 
 
-def test_every_shipped_config_loads_and_v11_is_v7_plus_the_weight_average():
+def test_every_shipped_config_loads_and_the_recipes_differ_only_where_they_say():
     """Each configs/*.toml parses (no unknown keys). v11 trains exactly v7's steps, so that its
     from-scratch wall time and its live weights are v7's (results/README, "eval-v12"): the two
-    differ only in the name and the weight average."""
+    differ only in the name and the weight average. v12 is v11 with a weaker, shorter sync-critic
+    phase and the average from the adversarial start (results/README, "eval-v13"): its first 3300
+    steps are v11's, which is what lets eval-v13 branch from the same checkpoints."""
     import dataclasses
     from pathlib import Path
 
@@ -68,3 +70,9 @@ def test_every_shipped_config_loads_and_v11_is_v7_plus_the_weight_average():
     assert v11.ema_start == v7.loss.sync_start and 0 < v11.ema_beta < 1 and v7.ema_start == 0
     same = dataclasses.replace(v11, name=v7.name, ema_start=v7.ema_start, ema_beta=v7.ema_beta)
     assert to_dict(same) == to_dict(v7)
+    v12 = cfgs["generator-v12.toml"]
+    assert v12.ema_start == v12.loss.adv_start and v12.loss.sync < v11.loss.sync
+    assert v12.loss.sync_start < v12.steps < v11.steps
+    same = dataclasses.replace(v12, name=v11.name, steps=v11.steps, ema_start=v11.ema_start,
+                               loss=dataclasses.replace(v12.loss, sync=v11.loss.sync))
+    assert to_dict(same) == to_dict(v11)
