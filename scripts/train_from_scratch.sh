@@ -6,7 +6,7 @@
 # and its fp16 export. Safe to re-run after a kill: finished
 # stages are skipped and a cut-off training resumes from its last checkpoint (times.tsv then
 # holds only the stages' finishing sittings: the time lost to the kill is not in the total).
-#   bash scripts/train_from_scratch.sh [RUN_ROOT]       # about 70 min on 2 idle CPU cores
+#   bash scripts/train_from_scratch.sh [RUN_ROOT]       # about 75 min on 2 idle CPU cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="${1:-runs/from-scratch}"
