@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # Trains the generator recipe from a fresh clone (configs/generator-v12.toml: the shipped v7's
 # recipe with a weaker, shorter sync-critic phase, exporting a weight average over its adversarial
-# phase), one stage after another, and prints
-# each stage's wall time: corpus, phoneme-balanced selection, the lip-sync critic, the generator,
-# and its fp16 export. Safe to re-run after a kill: finished
-# stages are skipped and a cut-off training resumes from its last checkpoint (times.tsv then
-# holds only the stages' finishing sittings: the time lost to the kill is not in the total).
+# phase), one stage after another, and prints each stage's wall time: corpus, phoneme-balanced
+# selection, the lip-sync critic, the generator, and its fp16 export. Safe to re-run after a kill:
+# finished stages are skipped and a cut-off training resumes from its last checkpoint (times.tsv
+# then holds only the stages' finishing sittings: the time lost to the kill is not in the total).
 #   bash scripts/train_from_scratch.sh [RUN_ROOT]       # about 75 min on 2 idle CPU cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
