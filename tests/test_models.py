@@ -370,6 +370,34 @@ def test_losses_are_finite():
     assert e.logit_scale.grad is not None and torch.isfinite(e.logit_scale.grad)
 
 
+def test_sync_critic_loss_teaches_the_critic_that_generated_windows_are_out_of_sync():
+    """Some Adam steps on sync_critic_loss make the critic rate the generated windows with their
+    own audio out of sync and the real ones in sync; the generator's output gets no gradient."""
+    torch.manual_seed(0)
+    e = SyncExpert(TINY_SYNC).eval()
+    # real: smooth stripes that move with time; generated: noise (a critic can tell them apart)
+    t = torch.arange(9.0)[:, None, None, None]
+    real = torch.sin(torch.arange(S)[None, None, None] / 6.0 + t).expand(9, 3, S // 2, S).repeat(2, 1, 1, 1, 1)
+    fake = (torch.rand(2, 9, 3, S // 2, S) * 2 - 1).requires_grad_(True)
+    mel = torch.randn(2, 9, 80, 35)
+
+    def p(x):
+        with torch.no_grad():
+            v, a = losses.sync_windows(x, mel, stride=2)
+            return torch.sigmoid(e(v, a)).mean().item()
+
+    assert abs(p(real) - p(fake)) < 0.1  # untrained: no opinion
+    opt = torch.optim.Adam(e.parameters(), lr=1e-3)
+    for _ in range(25):
+        loss = losses.sync_critic_loss(e, real, fake, mel)
+        assert loss.ndim == 0 and torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert fake.grad is None
+    assert p(real) > p(fake) + 0.3, (p(real), p(fake))
+
+
 def test_articulation_scales_the_predicted_motion_only():
     """``articulation`` multiplies the motion head's offsets from the reference shape (clamped to
     the renderer's range) and so changes the drawn mouth; 1 is the plain forward pass; given

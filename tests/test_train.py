@@ -340,11 +340,55 @@ def test_sync_expert_then_generator_with_sync_critic(corpus, tmp_path):
     assert not by_step[(1, "train")].get("g_sync")  # before sync_start
     assert math.isfinite(float(by_step[(2, "train")]["g_sync"]))
     assert 0.0 <= float(by_step[(2, "val")]["sync_p_fake"]) <= 1.0
+    ck = load_checkpoint(Path(gen_run) / "checkpoint.pt")  # lr_sync = 0: the critic stays frozen
+    assert "sync_critic" not in ck["models"] and "sync" not in ck["optim"] and "loss_sync_critic" not in rows[-1]
 
     # loss.sync_paint / sync_mask = false change where the critic's gradient goes, not what it scores.
     flow_only = dataclasses.replace(gen_cfg, loss=dataclasses.replace(gen_cfg.loss, sync_paint=False, sync_mask=False))
     rows = _rows(train(flow_only, tmp_path / "gen-flow-only", progress=False))
     assert {(int(r["step"]), r["split"]): r for r in rows}[(2, "train")]["g_sync"] == by_step[(2, "train")]["g_sync"]
+
+
+def test_sync_critic_fine_tuning_learns_and_resumes_exactly(corpus, tmp_path, monkeypatch):
+    """lr_sync > 0: from sync_start the critic trains too (the paper's adversarial fine-tuning), its
+    weights and optimizer travel in the checkpoint, and a resumed run ends where the uninterrupted
+    one does; a checkpoint without them (fine-tuning switched on at a resume) starts it from the
+    pretrained expert. (lr_sync = 0, the default, keeps none: test_sync_expert_then_generator_...)"""
+    from talkingface.config import SyncExpertConfig
+    from talkingface.models.sync_expert import SyncExpert
+    from talkingface.training.checkpoint import load_model, save_checkpoint
+
+    expert = Path(train(_sync_cfg(corpus, "steps=2"), tmp_path / "sync", progress=False)) / "sync_expert.pt"
+    pretrained = load_model(expert, "sync", SyncExpert, SyncExpertConfig)[0].state_dict()
+    cfg = load_config(TrainConfig, None, _overrides(
+        corpus, f'sync_checkpoint="{expert}"', "loss.sync_start=2", "loss.adv_start=1000", "steps=4", "lr_sync=1e-3",
+        "log_every=1", "val_every=4", "ckpt_every=1"))
+    whole, saved = _train_keeping_checkpoints(cfg, tmp_path / "whole", monkeypatch)
+    rows = {(int(r["step"]), r["split"]): r for r in _rows(whole)}
+    assert not rows[(2, "train")].get("loss_sync_critic")  # step index 1 < sync_start
+    assert all(math.isfinite(float(rows[(k, "train")]["loss_sync_critic"])) for k in (3, 4))
+    tuned = saved[4]["models"]["sync_critic"]
+    assert "sync" in saved[4]["optim"]
+    assert all(torch.equal(saved[2]["models"]["sync_critic"][k], v) for k, v in pretrained.items())
+    assert any(not torch.equal(tuned[k], v) for k, v in pretrained.items() if v.is_floating_point())
+    # batch-norm statistics stay the pretrained ones: the critic trains in eval mode
+    assert all(torch.equal(tuned[k], v) for k, v in pretrained.items() if k.endswith(("running_mean", "running_var")))
+
+    def final_weights(run_dir):
+        return load_checkpoint(Path(run_dir) / "checkpoint.pt")["models"]
+
+    for name, drop in (("cut", False), ("switched-on", True)):
+        cut = tmp_path / name
+        shutil.copytree(whole, cut)
+        ck = saved[3] if not drop else saved[2]
+        if drop:  # as from a run that trained step 2 with a frozen critic: nothing tuned yet
+            del ck["models"]["sync_critic"], ck["optim"]["sync"]
+        save_checkpoint(cut / "checkpoint.pt", ck)
+        train(cfg, cut, resume=True, progress=False)
+        for key in ("generator", "sync_critic"):
+            for k, v in final_weights(whole)[key].items():
+                torch.testing.assert_close(final_weights(cut)[key][k], v, atol=0, rtol=0, msg=f"{name} {key} {k}")
+
 
 
 def _sync_cfg(corpus, *extra):

@@ -57,6 +57,23 @@ def sync_loss(expert, lower: torch.Tensor, mel: torch.Tensor, stride: int = 2) -
     return F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit))
 
 
+def sync_critic_loss(expert, real: torch.Tensor, fake: torch.Tensor, mel: torch.Tensor, stride: int = 2) -> torch.Tensor:
+    """The sync critic's adversarial fine-tuning: real lower faces with their own audio are in
+    sync; the generated ones with the same audio are not, nor are the real ones with another
+    window's audio (so it keeps judging sync, not only real vs generated). real, fake (B, T, 3, H,
+    W), mel (B, T, n_mels, steps); fake is detached here."""
+    v_real, mel_w = sync_windows(real, mel, expert.cfg.frames, stride)
+    v_fake, _ = sync_windows(fake.detach(), mel, expert.cfg.frames, stride)
+    n, b = len(v_real), real.shape[0]
+    v = expert.embed_video(torch.cat([v_real, v_fake]))  # (2N, D): each trunk runs once
+    a = expert.embed_audio(mel_w)  # (N, D)
+    a_other = a.roll(n // b if b > 1 else 1, 0)  # the next clip's audio; with one clip, the next window's
+    pos, neg_fake, neg_audio = expert.logits(v[:n], a), expert.logits(v[n:], a), expert.logits(v[:n], a_other)
+    return (F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos))
+            + 0.5 * F.binary_cross_entropy_with_logits(neg_fake, torch.zeros_like(neg_fake))
+            + 0.5 * F.binary_cross_entropy_with_logits(neg_audio, torch.zeros_like(neg_audio)))
+
+
 def sync_expert_loss(expert, video: torch.Tensor, mel: torch.Tensor, neg_mel: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """Training loss of the sync expert on windows: InfoNCE over the batch's true and shifted audio,
     plus a binary term that calibrates the logit (so the critic's P(in sync) is meaningful).

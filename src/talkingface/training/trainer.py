@@ -401,12 +401,19 @@ class GeneratorTask:
                                        f"'crops', not {self.expert.cfg.visual!r}): its gradient reaches the generator through them")
             for p in self.expert.parameters():
                 p.requires_grad_(False)
+        # Batch-norm statistics stay the pretrained ones (the expert is in eval mode): only its
+        # weights follow the generator.
+        self.opt_sync = (torch.optim.Adam(self.expert.parameters(), lr=cfg.lr_sync, betas=tuple(cfg.betas))
+                         if self.expert is not None and cfg.lr_sync > 0 else None)
+        self.world = world
         self.g_ema = WeightAverage(_bare(self.g), cfg.ema_beta) if cfg.ema_start > 0 else None
 
     def modules(self) -> dict:
         m = {"generator": _bare(self.g), "frame_d": _bare(self.fd), "seq_d": _bare(self.sd)}
         if self.g_ema is not None:
             m["generator_ema"] = self.g_ema
+        if self.opt_sync is not None:
+            m["sync_critic"] = self.expert
         return m
 
     def exported(self) -> torch.nn.Module:
@@ -416,7 +423,10 @@ class GeneratorTask:
         return _bare(self.g)
 
     def optimizers(self) -> dict:
-        return {"g": self.opt_g, "d": self.opt_d}
+        o = {"g": self.opt_g, "d": self.opt_d}
+        if self.opt_sync is not None:
+            o["sync"] = self.opt_sync
+        return o
 
     def motion_step(self, batch: dict) -> dict:
         """Stage 0: audio -> lower-face landmark motion only."""
@@ -484,6 +494,18 @@ class GeneratorTask:
             ld.backward()
             self.opt_d.step()
             m["loss_d"] = ld.item()
+        if use_sync and self.opt_sync is not None:
+            for p in self.expert.parameters():
+                p.requires_grad_(True)
+            # Every 4th window (half the generator's): the critic's step costs more than its loss term.
+            lsc = losses.sync_critic_loss(self.expert, real, fake, batch["mel"], stride=4)
+            self.opt_sync.zero_grad(set_to_none=True)
+            lsc.backward()
+            _average_gradients(self.expert, self.world)  # not DDP-wrapped: averaged by hand
+            self.opt_sync.step()
+            for p in self.expert.parameters():
+                p.requires_grad_(False)
+            m["loss_sync_critic"] = lsc.item()
         return m
 
     @torch.no_grad()
@@ -598,8 +620,13 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
                 log.info("%s holds no weight average: it starts afresh at step %d or at the next step, "
                          "whichever is later", ck_path, cfg.ema_start)
                 continue
+            if k == "sync_critic" and k not in ck["models"]:  # fine-tuning switched on at this resume
+                log.info("%s holds no fine-tuned sync critic: it starts from %s", ck_path, cfg.sync_checkpoint)
+                continue
             mod.load_state_dict(ck["models"][k])
         for k, opt in task.optimizers().items():
+            if k == "sync" and k not in ck["optim"]:
+                continue
             opt.load_state_dict(ck["optim"][k])
         start = int(ck["step"])
         rng.bit_generator.state = json.loads(ck["rng"])[rank] if world > 1 else json.loads(ck["rng"])[0]
