@@ -56,7 +56,8 @@ def test_every_shipped_config_loads_and_the_recipes_differ_only_where_they_say()
     from-scratch wall time and its live weights are v7's (results/README, "eval-v12"): the two
     differ only in the name and the weight average. v12 is v11 with a weaker, shorter sync-critic
     phase and the average from the adversarial start (results/README, "eval-v13"): its first 3300
-    steps are v11's, which is what lets eval-v13 branch from the same checkpoints."""
+    steps are v11's, which is what lets eval-v13 branch from the same checkpoints. v13 is v12 with
+    a longer motion stage (results/README, "eval-v14")."""
     import dataclasses
     from pathlib import Path
 
@@ -76,3 +77,12 @@ def test_every_shipped_config_loads_and_the_recipes_differ_only_where_they_say()
     same = dataclasses.replace(v12, name=v11.name, steps=v11.steps, ema_start=v11.ema_start,
                                loss=dataclasses.replace(v12.loss, sync=v11.loss.sync))
     assert to_dict(same) == to_dict(v11)
+    # v13: v12 with a longer motion stage, every later step moved by as much (results/README, "eval-v14")
+    v13 = cfgs["generator-v13.toml"]
+    shift = v13.loss.motion_steps - v12.loss.motion_steps
+    assert shift > 0
+    same = dataclasses.replace(v13, name=v12.name, steps=v13.steps - shift, ema_start=v13.ema_start - shift,
+                               loss=dataclasses.replace(v13.loss, motion_steps=v12.loss.motion_steps,
+                                                        adv_start=v13.loss.adv_start - shift,
+                                                        sync_start=v13.loss.sync_start - shift))
+    assert to_dict(same) == to_dict(v12)

@@ -381,7 +381,8 @@ class WeightAverage(torch.nn.Module):
 
 class GeneratorTask:
     """Trains the recurrent generator with L1 + landmarks, then frame/sequence adversaries, then the
-    frozen sync critic, switching terms on at the configured steps (the paper's staged schedule)."""
+    sync critic (frozen, or fine-tuned along with ``lr_sync``), switching terms on at the configured
+    steps (the paper's staged schedule)."""
 
     def __init__(self, cfg: TrainConfig, world: int):
         self.cfg = cfg
