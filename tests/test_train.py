@@ -374,9 +374,7 @@ def test_sync_critic_fine_tuning_learns_and_resumes_exactly(corpus, tmp_path, mo
     # batch-norm statistics stay the pretrained ones: the critic trains in eval mode
     assert all(torch.equal(tuned[k], v) for k, v in pretrained.items() if k.endswith(("running_mean", "running_var")))
 
-    def final_weights(run_dir):
-        return load_checkpoint(Path(run_dir) / "checkpoint.pt")["models"]
-
+    want = load_checkpoint(whole / "checkpoint.pt")["models"]
     for name, drop in (("cut", False), ("switched-on", True)):
         cut = tmp_path / name
         shutil.copytree(whole, cut)
@@ -385,10 +383,10 @@ def test_sync_critic_fine_tuning_learns_and_resumes_exactly(corpus, tmp_path, mo
             del ck["models"]["sync_critic"], ck["optim"]["sync"]
         save_checkpoint(cut / "checkpoint.pt", ck)
         train(cfg, cut, resume=True, progress=False)
+        got = load_checkpoint(cut / "checkpoint.pt")["models"]
         for key in ("generator", "sync_critic"):
-            for k, v in final_weights(whole)[key].items():
-                torch.testing.assert_close(final_weights(cut)[key][k], v, atol=0, rtol=0, msg=f"{name} {key} {k}")
-
+            for k, v in want[key].items():
+                torch.testing.assert_close(got[key][k], v, atol=0, rtol=0, msg=f"{name} {key} {k}")
 
 
 def _sync_cfg(corpus, *extra):

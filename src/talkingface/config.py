@@ -287,8 +287,9 @@ class TrainConfig:
     # The lip-sync critic's learning rate while the generator trains against it. The paper's
     # lip-reading critic is "pretrained, then fine-tuned adversarially": each step it also learns
     # that the generated windows, with their own audio, are not in sync (val's sync_p_* then use the
-    # critic as it is at that step). 0 = frozen, as trained alone. Tried at 1e-4 in v12's critic phase against a frozen critic being fooled: no gain on
-    # the pixel expert, landmark sync worse (results/README, "eval-v14").
+    # critic as it is at that step). 0 = frozen, as trained alone. Tried at 1e-4 in v12's critic
+    # phase, where a frozen critic is fooled: no gain on the pixel expert, landmark sync worse
+    # (results/README, "eval-v14").
     lr_sync: float = 0.0
     betas: tuple[float, float] = (0.5, 0.999)
     # From this step on every optimiser's learning rate falls linearly, reaching 0 at the last step

@@ -400,8 +400,7 @@ class GeneratorTask:
             if self.expert.cfg.visual != "crops":
                 raise TalkingFaceError(f"{cfg.sync_checkpoint}: the lip-sync critic must read pixels (sync.visual = "
                                        f"'crops', not {self.expert.cfg.visual!r}): its gradient reaches the generator through them")
-            for p in self.expert.parameters():
-                p.requires_grad_(False)
+            self.expert.requires_grad_(False)
         # Batch-norm statistics stay the pretrained ones (the expert is in eval mode): only its
         # weights follow the generator.
         self.opt_sync = (torch.optim.Adam(self.expert.parameters(), lr=cfg.lr_sync, betas=tuple(cfg.betas))
@@ -466,8 +465,8 @@ class GeneratorTask:
         loss = lc.l1 * loss_l1 + lc.points * loss_pts + lc.mask_tv * losses.total_variation(out["mask"])
         m.update(l1=loss_l1.item(), points=loss_pts.item())
         if adv:
-            for p in list(self.fd.parameters()) + list(self.sd.parameters()):
-                p.requires_grad_(False)
+            self.fd.requires_grad_(False)
+            self.sd.requires_grad_(False)
             g_frame = losses.g_adv_loss(self.fd(fake.flatten(0, 1)))
             g_seq = losses.g_adv_loss(self.sd(fake))
             loss = loss + lc.frame_adv * g_frame + lc.seq_adv * g_seq
@@ -486,8 +485,8 @@ class GeneratorTask:
             self.g_ema.update(_bare(self.g))
         m["loss_g"] = loss.item()
         if adv:
-            for p in list(self.fd.parameters()) + list(self.sd.parameters()):
-                p.requires_grad_(True)
+            self.fd.requires_grad_(True)
+            self.sd.requires_grad_(True)
             f = fake.detach()
             ld = (losses.d_loss(self.fd(real.flatten(0, 1)), self.fd(f.flatten(0, 1)))
                   + losses.d_loss(self.sd(real), self.sd(f)))
@@ -496,16 +495,14 @@ class GeneratorTask:
             self.opt_d.step()
             m["loss_d"] = ld.item()
         if use_sync and self.opt_sync is not None:
-            for p in self.expert.parameters():
-                p.requires_grad_(True)
+            self.expert.requires_grad_(True)
             # Every 4th window (half the generator's): the critic's step costs more than its loss term.
             lsc = losses.sync_critic_loss(self.expert, real, fake, batch["mel"], stride=4)
             self.opt_sync.zero_grad(set_to_none=True)
             lsc.backward()
             _average_gradients(self.expert, self.world)  # not DDP-wrapped: averaged by hand
             self.opt_sync.step()
-            for p in self.expert.parameters():
-                p.requires_grad_(False)
+            self.expert.requires_grad_(False)
             m["loss_sync_critic"] = lsc.item()
         return m
 
