@@ -217,6 +217,44 @@ def test_weight_average_is_exported_and_resumes_exactly(corpus, tmp_path, monkey
             train(bad, tmp_path / "bad", progress=False)
 
 
+def test_motion_stage_average_becomes_the_motion_half_and_resumes_exactly(corpus, tmp_path, monkeypatch):
+    """loss.motion_ema_start=3 with ema_beta=0.5 over a 4-step stage 0: the motion half that stage 0
+    hands on is 1/2 w3 + 1/2 w4 of the live weights (those of the same run without the average),
+    the rest of the generator is untouched, and a resume from step 3 ends the same."""
+    from talkingface.errors import TalkingFaceError
+    from talkingface.models.generator import MOTION_MODULES
+    from talkingface.training.checkpoint import save_checkpoint
+
+    plain = load_config(TrainConfig, None, _overrides(
+        corpus, "steps=4", "loss.motion_steps=4", "loss.motion_batch_size=2", "loss.freeze_motion=true",
+        "ema_beta=0.5", "val_every=100", "ckpt_every=1", "log_every=1"))
+    cfg = dataclasses.replace(plain, loss=dataclasses.replace(plain.loss, motion_ema_start=3))
+    _, live = _train_keeping_checkpoints(plain, tmp_path / "plain", monkeypatch)
+    whole, saved = _train_keeping_checkpoints(cfg, tmp_path / "whole", monkeypatch)
+    w3, w4 = live[3]["models"]["generator"], live[4]["models"]["generator"]
+    g = saved[4]["models"]["generator"]
+    assert int(saved[4]["models"]["generator_ema"]["updates"]) == 0  # ema_start's average starts afresh
+    motion = [k for k in g if k.startswith(tuple(m + "." for m in MOTION_MODULES))]
+    assert motion and len(motion) < len(g)
+    for k, v in g.items():
+        if k in motion and v.is_floating_point() and not k.endswith(("running_mean", "running_var")):
+            torch.testing.assert_close(v, 0.5 * w3[k] + 0.5 * w4[k], atol=1e-6, rtol=1e-5, msg=k)
+        else:
+            assert torch.equal(v, w4[k]), k
+    assert any(not torch.equal(g[k], w4[k]) for k in motion)
+
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    save_checkpoint(cut / "checkpoint.pt", saved[3])
+    train(cfg, cut, resume=True, progress=False)
+    for k, v in load_checkpoint(cut / "checkpoint.pt")["models"]["generator"].items():
+        torch.testing.assert_close(v, g[k], atol=1e-6, rtol=0, msg=k)
+
+    bad = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, motion_ema_start=5))
+    with pytest.raises(TalkingFaceError, match="motion_ema_start"):
+        train(bad, tmp_path / "bad", progress=False)
+
+
 def _cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "talkingface.cli", *args], capture_output=True, text=True, **kw)
 

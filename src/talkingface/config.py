@@ -249,6 +249,12 @@ class LossConfig:
     # Stage 0: the audio -> motion half alone (landmark loss, no rendering) with big batches.
     motion_steps: int = 0
     motion_batch_size: int = 64
+    # From this step of stage 0 on, keep an exponential moving average of the motion half's weights
+    # (weight ema_beta on the average, per step); when stage 0 ends the average replaces the live
+    # motion half, which the renderer then trains on (frozen, with freeze_motion). The last step's
+    # weights are one point of stage 0's noise, and with freeze_motion that point is kept for good.
+    # 0 = the last step's weights.
+    motion_ema_start: int = 0
     # Keep the audio -> motion half as stage 0 left it: trained alone it follows unseen voices
     # better than after the renderer's losses (one speaker's pixels, the critics) have pulled on it
     # (scripts/motion_probe.py). Only the renderer trains after stage 0.

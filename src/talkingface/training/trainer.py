@@ -29,7 +29,7 @@ from ..errors import TalkingFaceError
 from ..evaluation.metrics import auc, pearson
 from ..face import LIP_INNER_BOTTOM, LIP_INNER_TOP, LOWER_FACE, MOUTH_LEFT, MOUTH_RIGHT
 from ..models.frame_discriminator import FrameDiscriminator
-from ..models.generator import Generator
+from ..models.generator import MOTION_MODULES, Generator
 from ..models.lip_reader import LipReader, clip_visemes
 from ..models.sequence_discriminator import SequenceDiscriminator
 from ..models.sync_expert import SyncExpert
@@ -406,7 +406,10 @@ class GeneratorTask:
         self.opt_sync = (torch.optim.Adam(self.expert.parameters(), lr=cfg.lr_sync, betas=tuple(cfg.betas))
                          if self.expert is not None and cfg.lr_sync > 0 else None)
         self.world = world
-        self.g_ema = WeightAverage(_bare(self.g), cfg.ema_beta) if cfg.ema_start > 0 else None
+        # One average serves both: stage 0's motion half (loss.motion_ema_start), then, started
+        # afresh, the whole generator from ema_start.
+        self.g_ema = (WeightAverage(_bare(self.g), cfg.ema_beta)
+                      if cfg.ema_start > 0 or cfg.loss.motion_ema_start > 0 else None)
 
     def modules(self) -> dict:
         m = {"generator": _bare(self.g), "frame_d": _bare(self.fd), "seq_d": _bare(self.sd)}
@@ -428,8 +431,9 @@ class GeneratorTask:
             o["sync"] = self.opt_sync
         return o
 
-    def motion_step(self, batch: dict) -> dict:
+    def motion_step(self, batch: dict, step: int) -> dict:
         """Stage 0: audio -> lower-face landmark motion only."""
+        lc = self.cfg.loss
         g = _bare(self.g)
         g.train()
         enc = g.encode_motion_reference(batch["ref"], batch["ref_points"])
@@ -440,6 +444,12 @@ class GeneratorTask:
         # Called on the bare module, DDP's hooks stay idle: average the gradients by hand.
         _average_gradients(g, dist.get_world_size() if hasattr(self.g, "module") else 1)
         self.opt_g.step()
+        if lc.motion_ema_start and step + 1 >= lc.motion_ema_start:
+            self.g_ema.update(g)
+            if step + 1 == lc.motion_steps:  # the end of stage 0: its average becomes the motion half
+                g.load_state_dict({k: v for k, v in self.g_ema.model.state_dict().items()
+                                   if k.split(".")[0] in MOTION_MODULES}, strict=False)
+                self.g_ema.updates.zero_()  # ema_start's average starts afresh from this generator
         return {"points": loss.item()}
 
     def step(self, batch: dict, step: int) -> dict:
@@ -581,6 +591,10 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
     if cfg.ema_start and (cfg.kind != "generator" or not 0 < cfg.ema_start <= cfg.steps or not 0 <= cfg.ema_beta < 1):
         raise TalkingFaceError(f"ema_start={cfg.ema_start}, ema_beta={cfg.ema_beta}: a weight average is kept for the "
                                f"generator only, from a step in 1..steps={cfg.steps}, with 0 <= ema_beta < 1")
+    me = cfg.loss.motion_ema_start
+    if me and (cfg.kind != "generator" or not 0 < me <= cfg.loss.motion_steps or not 0 <= cfg.ema_beta < 1):
+        raise TalkingFaceError(f"loss.motion_ema_start={me}, ema_beta={cfg.ema_beta}: stage 0's weight average starts "
+                               f"at a step in 1..loss.motion_steps={cfg.loss.motion_steps}, with 0 <= ema_beta < 1")
     if cfg.kind == "generator" and cfg.window < 11 and cfg.loss.seq_adv > 0:
         raise TalkingFaceError("the sequence discriminator needs windows of >= 11 frames")
     if not resume and run_dir is not None and rank == 0:
@@ -666,7 +680,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
             for group in opt.param_groups:
                 group["lr"] = group["initial_lr"] * scale
         if cfg.kind == "generator" and step < cfg.loss.motion_steps:
-            m = task.motion_step(sampler.sample(cfg.loss.motion_batch_size, rng, targets=False))
+            m = task.motion_step(sampler.sample(cfg.loss.motion_batch_size, rng, targets=False), step)
         else:
             # A landmark sync expert reads no pixels: leave the crops (the costly part) out.
             m = task.step(sampler.sample(cfg.batch_size, rng, negatives=cfg.kind == "sync", targets=not motion), step)
