@@ -629,8 +629,9 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
         ck = load_checkpoint(ck_path)
         for k, mod in task.modules().items():
             if k == "generator_ema" and k not in ck["models"]:  # switched on at this resume
-                log.info("%s holds no weight average: it starts afresh at step %d or at the next step, "
-                         "whichever is later", ck_path, cfg.ema_start)
+                log.info("%s holds no weight average: it starts afresh, from the live weights at its start step "
+                         "(ema_start=%d, loss.motion_ema_start=%d) or at the next step, whichever is later",
+                         ck_path, cfg.ema_start, cfg.loss.motion_ema_start)
                 continue
             if k == "sync_critic" and k not in ck["models"]:  # fine-tuning switched on at this resume
                 log.info("%s holds no fine-tuned sync critic: it starts from %s", ck_path, cfg.sync_checkpoint)
