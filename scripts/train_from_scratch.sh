@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Trains the generator recipe from a fresh clone (configs/generator-v13.toml: the shipped v7's
-# recipe with a motion stage twice as long and a weaker, shorter sync-critic phase, exporting a
-# weight average over its adversarial phase), one stage after another, and prints each stage's wall
-# time: corpus, phoneme-balanced selection, the lip-sync critic, the generator, and its fp16
-# export. Safe to re-run after a kill: finished stages are skipped and a cut-off training resumes
-# from its last checkpoint (times.tsv then holds only the stages' finishing sittings: the time
-# lost to the kill is not in the total).
+# Trains the generator recipe from a fresh clone (configs/generator-v14.toml: the shipped v7's
+# recipe with a motion stage twice as long that hands on its weight average, a weaker, shorter
+# sync-critic phase, and a weight average over the adversarial phase as the export), one stage
+# after another, and prints each stage's wall time: corpus, phoneme-balanced selection, the
+# lip-sync critic, the generator, and its fp16 export. Safe to re-run after a kill: finished stages
+# are skipped and a cut-off training resumes from its last checkpoint (times.tsv then holds only
+# the stages' finishing sittings: the time lost to the kill is not in the total).
 #   bash scripts/train_from_scratch.sh [RUN_ROOT]       # about 78 min on 2 CPU cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +36,7 @@ train() {  # train RUN_DIR ARGS...: a fresh run, or --resume of a cut-off one
 [ -f "$root/sync-expert/sync_expert.pt" ] \
   || stage sync-critic train "$root/sync-expert" --config configs/sync_expert.toml
 [ -f "$root/generator/generator.pt" ] \
-  || stage generator train "$root/generator" --config configs/generator-v13.toml \
+  || stage generator train "$root/generator" --config configs/generator-v14.toml \
        --set name=generator-from-scratch --set "sync_checkpoint=$root/sync-expert/sync_expert.pt"
 [ "$root/generator/generator-fp16.pt" -nt "$root/generator/generator.pt" ] \
   || stage export python scripts/ship_checkpoint.py "$root/generator/generator.pt" -o "$root/generator/generator-fp16.pt"

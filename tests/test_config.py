@@ -57,7 +57,8 @@ def test_every_shipped_config_loads_and_the_recipes_differ_only_where_they_say()
     differ only in the name and the weight average. v12 is v11 with a weaker, shorter sync-critic
     phase and the average from the adversarial start (results/README, "eval-v13"): its first 3300
     steps are v11's, which is what lets eval-v13 branch from the same checkpoints. v13 is v12 with
-    a longer motion stage (results/README, "eval-v14")."""
+    a longer motion stage (results/README, "eval-v14"); v14 is v13 with that stage's weight average
+    handed on ("eval-v15")."""
     import dataclasses
     from pathlib import Path
 
@@ -86,3 +87,8 @@ def test_every_shipped_config_loads_and_the_recipes_differ_only_where_they_say()
                                                         adv_start=v13.loss.adv_start - shift,
                                                         sync_start=v13.loss.sync_start - shift))
     assert to_dict(same) == to_dict(v12)
+    # v14: v13 with stage 0's weight average handed on (results/README, "eval-v15")
+    v14 = cfgs["generator-v14.toml"]
+    assert 0 < v14.loss.motion_ema_start < v14.loss.motion_steps and v13.loss.motion_ema_start == 0
+    same = dataclasses.replace(v14, name=v13.name, loss=dataclasses.replace(v14.loss, motion_ema_start=0))
+    assert to_dict(same) == to_dict(v13)

@@ -253,7 +253,7 @@ class LossConfig:
     # (weight ema_beta on the average, per step); when stage 0 ends the average replaces the live
     # motion half, which the renderer then trains on (frozen, with freeze_motion). The last step's
     # weights are one point of stage 0's noise, and with freeze_motion that point is kept for good.
-    # 0 = the last step's weights.
+    # 0 = the last step's weights (every run before v14; results/README, "eval-v15").
     motion_ema_start: int = 0
     # Keep the audio -> motion half as stage 0 left it: trained alone it follows unseen voices
     # better than after the renderer's losses (one speaker's pixels, the critics) have pulled on it
