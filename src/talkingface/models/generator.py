@@ -134,6 +134,12 @@ class Generator(nn.Module):
         renderer uses too, is not among them)."""
         return [p for name in MOTION_MODULES if hasattr(self, name) for p in getattr(self, name).parameters()]
 
+    def load_motion_half(self, other: Generator) -> None:
+        """Copies ``other``'s audio -> motion half (weights and batch-norm statistics) into this
+        generator; the identity encoder and the renderer stay as they are."""
+        self.load_state_dict({k: v for k, v in other.state_dict().items() if k.split(".")[0] in MOTION_MODULES},
+                             strict=False)
+
     # ------------------------------------------------------------------------------------------
     def encode_reference(self, ref: torch.Tensor, ref_points: torch.Tensor) -> dict:
         """What the generator needs from the reference photo, computed once per clip/stream.
@@ -423,7 +429,6 @@ def combine_motion_and_renderer(motion: Generator, renderer: Generator) -> Gener
     if motion.cfg != renderer.cfg:
         raise ValueError("the two generators' configs differ")
     out = Generator(renderer.cfg)
-    sd = renderer.state_dict()
-    sd.update({k: v for k, v in motion.state_dict().items() if k.split(".")[0] in MOTION_MODULES})
-    out.load_state_dict(sd)
+    out.load_state_dict(renderer.state_dict())
+    out.load_motion_half(motion)
     return out.eval()

@@ -29,7 +29,7 @@ from ..errors import TalkingFaceError
 from ..evaluation.metrics import auc, pearson
 from ..face import LIP_INNER_BOTTOM, LIP_INNER_TOP, LOWER_FACE, MOUTH_LEFT, MOUTH_RIGHT
 from ..models.frame_discriminator import FrameDiscriminator
-from ..models.generator import MOTION_MODULES, Generator
+from ..models.generator import Generator
 from ..models.lip_reader import LipReader, clip_visemes
 from ..models.sequence_discriminator import SequenceDiscriminator
 from ..models.sync_expert import SyncExpert
@@ -447,8 +447,7 @@ class GeneratorTask:
         if lc.motion_ema_start and step + 1 >= lc.motion_ema_start:
             self.g_ema.update(g)
             if step + 1 == lc.motion_steps:  # the end of stage 0: its average becomes the motion half
-                g.load_state_dict({k: v for k, v in self.g_ema.model.state_dict().items()
-                                   if k.split(".")[0] in MOTION_MODULES}, strict=False)
+                g.load_motion_half(self.g_ema.model)
                 self.g_ema.updates.zero_()  # ema_start's average starts afresh from this generator
         return {"points": loss.item()}
 
