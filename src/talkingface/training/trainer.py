@@ -587,13 +587,12 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
     if not 0 <= cfg.lr_decay_start < cfg.steps:
         raise TalkingFaceError(f"lr_decay_start must be 0 (a constant rate) or a step before steps={cfg.steps}, "
                                f"got {cfg.lr_decay_start}")
-    if cfg.ema_start and (cfg.kind != "generator" or not 0 < cfg.ema_start <= cfg.steps or not 0 <= cfg.ema_beta < 1):
-        raise TalkingFaceError(f"ema_start={cfg.ema_start}, ema_beta={cfg.ema_beta}: a weight average is kept for the "
-                               f"generator only, from a step in 1..steps={cfg.steps}, with 0 <= ema_beta < 1")
-    me = cfg.loss.motion_ema_start
-    if me and (cfg.kind != "generator" or not 0 < me <= cfg.loss.motion_steps or not 0 <= cfg.ema_beta < 1):
-        raise TalkingFaceError(f"loss.motion_ema_start={me}, ema_beta={cfg.ema_beta}: stage 0's weight average starts "
-                               f"at a step in 1..loss.motion_steps={cfg.loss.motion_steps}, with 0 <= ema_beta < 1")
+    for key, start, last_key, last in (("ema_start", cfg.ema_start, "steps", cfg.steps),
+                                       ("loss.motion_ema_start", cfg.loss.motion_ema_start,
+                                        "loss.motion_steps", cfg.loss.motion_steps)):
+        if start and (cfg.kind != "generator" or not 0 < start <= last or not 0 <= cfg.ema_beta < 1):
+            raise TalkingFaceError(f"{key}={start}, ema_beta={cfg.ema_beta}: a weight average is kept for the "
+                                   f"generator only, from a step in 1..{last_key}={last}, with 0 <= ema_beta < 1")
     if cfg.kind == "generator" and cfg.window < 11 and cfg.loss.seq_adv > 0:
         raise TalkingFaceError("the sequence discriminator needs windows of >= 11 frames")
     if not resume and run_dir is not None and rank == 0:
