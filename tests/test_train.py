@@ -595,6 +595,48 @@ def test_augmentation_mirrors_mouth_motion_with_the_image_and_scales_it():
             assert 0.7 * 0.85 - 1e-6 <= r.flatten()[0] <= 1.4 * 1.15 + 1e-6
 
 
+def test_light_voice_augmentation_is_the_first_versions_stretch_and_band_mask():
+    """augment_voice = "light" reproduces the first version's voice augmentation draw for draw: a
+    +-10% mel-axis stretch and one masked band (written out here as that version had it), and after
+    it the random stream stands where that version left it. "full" changes the windows further
+    (tilt, EQ, dynamics) and takes more draws."""
+    import torch.nn.functional as F
+
+    from talkingface.data.dataset import augment_batch
+
+    n, t, nm, st = 5, 3, 80, 35
+
+    def batch():
+        return {"ref": torch.zeros(n, 3, 16, 16), "ref_points": torch.full((n, 2, 2), 0.5),
+                "points": torch.full((n, t, 2, 2), 0.5),
+                "mel": torch.randn(n, t, nm, st, generator=torch.Generator().manual_seed(0))}
+
+    b, rng = batch(), np.random.default_rng(3)
+    augment_batch(b, rng, voice="light")
+    # The first version's draws: colour, geometry (unchanged since), then its voice block.
+    ref_rng = np.random.default_rng(3)
+    ref_rng.uniform(0.8, 1.2, (n, 3, 1, 1)), ref_rng.uniform(-0.15, 0.15, (n, 1, 1, 1))
+    ref_rng.uniform(0.75, 1.25, (n, 1, 1, 1)), ref_rng.random(n)
+    ref_rng.uniform(-4, 4, n), ref_rng.uniform(0.95, 1.05, n), ref_rng.uniform(-0.03, 0.03, (n, 2)), ref_rng.random(n)
+    m = batch()["mel"]
+    alpha = torch.from_numpy(ref_rng.uniform(0.9, 1.1, n)).float()
+    ys = torch.linspace(-1, 1, nm)[None, :] * alpha[:, None]
+    grid = torch.stack(torch.broadcast_tensors(torch.linspace(-1, 1, st)[None, None, :], ys[:, :, None]), -1)
+    want = F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    lo = ref_rng.integers(0, nm - 8, n)
+    for i in range(n):
+        want[i, :, lo[i]: lo[i] + int(ref_rng.integers(0, 8))] = 0.0
+    torch.testing.assert_close(b["mel"], want, rtol=0, atol=0)
+    assert rng.random() == ref_rng.random()  # the stream stands where the first version left it
+
+    full, full_rng = batch(), np.random.default_rng(3)
+    augment_batch(full, full_rng)
+    light_rng = np.random.default_rng(3)
+    augment_batch(batch(), light_rng, voice="light")
+    assert not torch.allclose(full["mel"], b["mel"])
+    assert full_rng.bit_generator.state != light_rng.bit_generator.state  # "full" draws tilt, EQ and gain too
+
+
 def test_speed_perturbation_stretches_audio_windows_around_their_centre():
     """warp_windows' rate stretches the time axis about the window's centre frame (the frame the
     target mouth belongs to) and leaves the mel axis alone; in augment_batch, speed > 0 changes the

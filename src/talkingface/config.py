@@ -312,6 +312,10 @@ class TrainConfig:
     # Speaking-rate perturbation of the audio windows (data/dataset.py augment_batch): 0.25 = rates
     # 0.8-1.25x. 0 (off) keeps the random stream, and so runs made before it, unchanged.
     augment_speed: float = 0.0
+    # Voice augmentation of the audio windows: "full" (a 0.8-1.25x mel stretch, spectral tilt, EQ,
+    # dynamics, a masked band) or "light" (the first version's: a +-10% stretch and the masked band,
+    # with its random stream, so the critic the shipped v7 trained against can be trained again).
+    augment_voice: str = "full"
     threads: int = 2
     log_every: int = 25
     val_every: int = 250

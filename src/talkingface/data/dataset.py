@@ -91,10 +91,11 @@ class WindowSampler:
     clips were loaded with it."""
 
     def __init__(self, clips: list[ClipTensors], window: int, augment: bool = True, min_shift: int = 3,
-                 speed: float = 0.0):
+                 speed: float = 0.0, voice: str = "full"):
         self.window = window
         self.augment = augment
         self.speed = speed  # speaking-rate perturbation of the audio windows (``augment_batch``)
+        self.voice = voice  # "full" or "light" voice augmentation (``augment_batch``)
         self.min_shift = min_shift
         self.clips = [c for c in clips if len(valid_starts(c, window))]
         if not self.clips:
@@ -160,7 +161,7 @@ class WindowSampler:
         if mo:
             out["motion"] = torch.stack(mo)
         if self.augment:
-            augment_batch(out, rng, self.speed)
+            augment_batch(out, rng, self.speed, self.voice)
         return out
 
     def _negative_mel(self, ci: int, s: int, rng) -> torch.Tensor:
@@ -199,12 +200,14 @@ def warp_windows(m: torch.Tensor, alpha: torch.Tensor, rate: torch.Tensor | None
     return F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-def augment_batch(b: dict, rng: np.random.Generator, speed: float = 0.0) -> None:
+def augment_batch(b: dict, rng: np.random.Generator, speed: float = 0.0, voice: str = "full") -> None:
     """In place. One draw per sample, applied identically to its reference and its targets.
     ``speed`` > 0 also stretches every audio window in time around its centre by a factor in
     [1 / (1 + speed), 1 + speed] (one per sample): speakers talk faster or slower than the
     training speaker. 0 draws no extra random numbers, so older runs replay bit-identically; nor
-    does mouth motion, whose draws come last and only in batches that hold it."""
+    does mouth motion, whose draws come last and only in batches that hold it. ``voice`` is
+    TrainConfig.augment_voice: "full", or "light" (the first version's: a +-10% mel stretch and the
+    band mask only, drawing exactly the random numbers that version drew)."""
     n, t = b["mel"].shape[:2]
     # Colour: gain per channel, brightness, contrast, and 10% grayscale.
     gain = torch.from_numpy(rng.uniform(0.8, 1.2, (n, 3, 1, 1))).float()
@@ -262,16 +265,20 @@ def augment_batch(b: dict, rng: np.random.Generator, speed: float = 0.0) -> None
             continue
         m = b[key]  # (N, T, n_mels, steps)
         nm, st = m.shape[2:]
-        alpha = torch.from_numpy(np.exp(rng.uniform(np.log(0.8), np.log(1.25), n))).float()
+        if voice == "light":
+            alpha = torch.from_numpy(rng.uniform(0.9, 1.1, n)).float()
+        else:
+            alpha = torch.from_numpy(np.exp(rng.uniform(np.log(0.8), np.log(1.25), n))).float()
         rate = None
         if speed > 0:
             rate = torch.from_numpy(np.exp(rng.uniform(-np.log1p(speed), np.log1p(speed), n))).float()
         warped = warp_windows(m, alpha, rate)
-        tilt = torch.from_numpy(rng.uniform(-1, 1, (n, 1, 1, 1))).float() * torch.linspace(-1, 1, nm)[None, None, :, None]
-        knots = torch.from_numpy(rng.normal(0, 0.5, (n, 1, 6))).float()
-        eq = F.interpolate(knots, size=nm, mode="linear", align_corners=True)[:, 0][:, None, :, None]
-        gain = torch.from_numpy(rng.uniform(0.6, 1.4, (n, 1, 1, 1))).float()
-        warped = (warped + tilt + eq) * gain
+        if voice != "light":
+            tilt = torch.from_numpy(rng.uniform(-1, 1, (n, 1, 1, 1))).float() * torch.linspace(-1, 1, nm)[None, None, :, None]
+            knots = torch.from_numpy(rng.normal(0, 0.5, (n, 1, 6))).float()
+            eq = F.interpolate(knots, size=nm, mode="linear", align_corners=True)[:, 0][:, None, :, None]
+            gain = torch.from_numpy(rng.uniform(0.6, 1.4, (n, 1, 1, 1))).float()
+            warped = (warped + tilt + eq) * gain
         lo = rng.integers(0, nm - 8, n)
         for i in range(n):
             warped[i, :, lo[i]: lo[i] + int(rng.integers(0, 8))] = 0.0

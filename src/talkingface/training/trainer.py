@@ -587,6 +587,8 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
     if not 0 <= cfg.lr_decay_start < cfg.steps:
         raise TalkingFaceError(f"lr_decay_start must be 0 (a constant rate) or a step before steps={cfg.steps}, "
                                f"got {cfg.lr_decay_start}")
+    if cfg.augment_voice not in ("full", "light"):
+        raise TalkingFaceError(f"augment_voice must be 'full' or 'light', got {cfg.augment_voice!r}")
     for key, start, last_key, last in (("ema_start", cfg.ema_start, "steps", cfg.steps),
                                        ("loss.motion_ema_start", cfg.loss.motion_ema_start,
                                         "loss.motion_steps", cfg.loss.motion_steps)):
@@ -609,7 +611,8 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
     motion = uses_motion(cfg)
     train_clips = load_clips(cfg.corpus, train_rows, data_cfg, progress=progress and rank == 0, motion=motion)
     val_clips = load_clips(cfg.corpus, val_rows, data_cfg, motion=motion) if val_rows else []
-    sampler = WindowSampler(train_clips, window, augment=cfg.augment, speed=cfg.augment_speed)
+    sampler = WindowSampler(train_clips, window, augment=cfg.augment, speed=cfg.augment_speed,
+                            voice=cfg.augment_voice)
     val_sampler = WindowSampler(val_clips, window, augment=False) if val_clips else None
     if cfg.keep_best and val_sampler is None:
         raise TalkingFaceError(f"keep_best={cfg.keep_best!r} needs validation clips (split {cfg.val_split!r} is empty)")
