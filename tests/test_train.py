@@ -173,6 +173,9 @@ def test_lr_decay_is_linear_to_zero_and_resumes_exactly(corpus, run6, tmp_path, 
 
     with pytest.raises(TalkingFaceError, match="lr_decay_start"):
         train(dataclasses.replace(cfg, lr_decay_start=6), tmp_path / "bad", progress=False)
+    with pytest.raises(TalkingFaceError, match="augment_voice must be 'full' or 'light'"):
+        train(dataclasses.replace(cfg, augment_voice="medium"), tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_weight_average_is_exported_and_resumes_exactly(corpus, tmp_path, monkeypatch):
