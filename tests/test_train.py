@@ -616,6 +616,7 @@ def test_light_voice_augmentation_is_the_first_versions_stretch_and_band_mask():
 
     b, rng = batch(), np.random.default_rng(3)
     augment_batch(b, rng, voice="light")
+    light_state = rng.bit_generator.state
     # The first version's draws: colour, geometry (unchanged since), then its voice block.
     ref_rng = np.random.default_rng(3)
     ref_rng.uniform(0.8, 1.2, (n, 3, 1, 1)), ref_rng.uniform(-0.15, 0.15, (n, 1, 1, 1))
@@ -634,10 +635,8 @@ def test_light_voice_augmentation_is_the_first_versions_stretch_and_band_mask():
 
     full, full_rng = batch(), np.random.default_rng(3)
     augment_batch(full, full_rng)
-    light_rng = np.random.default_rng(3)
-    augment_batch(batch(), light_rng, voice="light")
     assert not torch.allclose(full["mel"], b["mel"])
-    assert full_rng.bit_generator.state != light_rng.bit_generator.state  # "full" draws tilt, EQ and gain too
+    assert full_rng.bit_generator.state != light_state  # "full" draws tilt, EQ and gain too
 
 
 def test_speed_perturbation_stretches_audio_windows_around_their_centre():
