@@ -370,6 +370,35 @@ def test_losses_are_finite():
     assert e.logit_scale.grad is not None and torch.isfinite(e.logit_scale.grad)
 
 
+def test_lipread_loss_scores_each_window_against_its_middle_frames_viseme():
+    """The lip-reading critic's loss: cross-entropy of the reader's viseme for every 5-frame window
+    against the middle frame's label, unknown labels left out; its gradient reaches the frames."""
+    import torch.nn.functional as F
+
+    from talkingface.config import LipReaderConfig
+    from talkingface.models.lip_reader import LipReader
+
+    torch.manual_seed(0)
+    reader = LipReader(LipReaderConfig(width=8)).eval()
+    lower = (torch.rand(2, 9, 3, S // 2, S) * 2 - 1).requires_grad_(True)
+    visemes = torch.randint(0, 14, (2, 9))
+    visemes[0, 4] = -1  # the middle frame of clip 0's window starting at frame 2
+    loss = losses.lipread_loss(reader, lower, visemes)
+    with torch.no_grad():
+        logits, target = [], []
+        for b in range(2):
+            for s in range(5):
+                if visemes[b, s + 2] >= 0:
+                    logits.append(reader(lower[b: b + 1, s: s + 5].detach()))
+                    target.append(visemes[b, s + 2])
+        want = F.cross_entropy(torch.cat(logits), torch.stack(target))
+    torch.testing.assert_close(loss.detach(), want)
+    loss.backward()
+    assert lower.grad is not None and lower.grad.abs().sum() > 0
+    unknown = losses.lipread_loss(reader, lower, torch.full((2, 9), -1))
+    assert unknown.item() == 0 and unknown.requires_grad
+
+
 def test_sync_critic_loss_teaches_the_critic_that_generated_windows_are_out_of_sync():
     """Some Adam steps on sync_critic_loss make the critic rate the generated windows with their
     own audio out of sync and the real ones in sync; the generator's output gets no gradient."""

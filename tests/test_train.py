@@ -519,6 +519,20 @@ def test_lip_reader_trains_and_reads(corpus, tmp_path):
     assert ((pred[2:-2] >= 0) & (pred[2:-2] < 14)).all()
     assert viseme_targets(torch.tensor([-1, 0, 5])).tolist()[0] == -1
 
+    # The reader as the generator's lip-reading critic (loss.lipread), from lipread_start on.
+    gen_cfg = load_config(TrainConfig, None, _overrides(
+        corpus, f'lipread_checkpoint="{Path(run) / "lip_reader.pt"}"', "loss.lipread=0.01", "loss.lipread_start=1",
+        "loss.adv_start=1000", "steps=2", "log_every=1", "val_every=2", "ckpt_every=2"))
+    rows = {(int(r["step"]), r["split"]): r for r in _rows(train(gen_cfg, tmp_path / "gen", progress=False))}
+    assert not rows[(1, "train")].get("g_lipread")  # step index 0 < lipread_start
+    assert float(rows[(2, "train")]["g_lipread"]) > 0
+    assert all(0.0 <= float(rows[(2, "val")][f"lipread_acc_{k}"]) <= 1.0 for k in ("fake", "real"))
+    from talkingface.errors import TalkingFaceError
+
+    with pytest.raises(TalkingFaceError, match="needs lipread_checkpoint"):
+        train(dataclasses.replace(gen_cfg, lipread_checkpoint=""), tmp_path / "no-reader", progress=False)
+    assert not (tmp_path / "no-reader").exists()
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["generator", "sync"])

@@ -275,6 +275,13 @@ class LossConfig:
     # With both False the critic can only move the photo's pixels (the flow). Tried in v10 against
     # the light interiors: not darker, and landmark sync worse everywhere (results/README, "eval-v10").
     sync_mask: bool = True
+    # The paper's own lip-sync critic: a frozen viseme reader (TrainConfig.lipread_checkpoint, a
+    # `kind = "lipread"` run) reads each generated 5-frame window, and the loss is its cross-entropy
+    # against the viseme the corpus's phoneme labels give the middle frame. Unlike the sync expert
+    # it never hears the audio, so it asks for the mouth SHAPE each phoneme needs. 0 = off. Its
+    # gradient reaches the paint and the blend mask as sync_paint / sync_mask say.
+    lipread: float = 0.0
+    lipread_start: int = 1500
 
 
 @dataclass(frozen=True)
@@ -327,6 +334,9 @@ class TrainConfig:
     # the generator trains against whatever the export holds.
     keep_best: str = ""
     sync_checkpoint: str = ""  # frozen sync expert used as the lip-sync critic
+    # Frozen viseme reader used as the lip-reading critic (loss.lipread). It must be trained apart
+    # from the evaluation's reader (checkpoints/lip_reader.pt), which would otherwise grade its own pupil.
+    lipread_checkpoint: str = ""
     loss: LossConfig = field(default_factory=LossConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     sync: SyncExpertConfig = field(default_factory=SyncExpertConfig)

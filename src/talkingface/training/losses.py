@@ -57,6 +57,18 @@ def sync_loss(expert, lower: torch.Tensor, mel: torch.Tensor, stride: int = 2) -
     return F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit))
 
 
+def lipread_loss(reader, lower: torch.Tensor, visemes: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """Cross-entropy of the viseme a frozen lip reader reads off each window of generated lower
+    faces (B, T, 3, H, W) against the true viseme of the window's middle frame, visemes (B, T)
+    (-1 = unknown: left out; zero loss, still attached, when no window has a known one)."""
+    # sync_windows pairs each video window with its middle frame's entry of any (B, T, ...) tensor.
+    v, target = sync_windows(lower, visemes, reader.cfg.frames, stride)  # (N, F, 3, H, W), (N,)
+    known = target >= 0
+    if not bool(known.any()):
+        return lower.sum() * 0
+    return F.cross_entropy(reader(v[known]), target[known])
+
+
 def sync_critic_loss(expert, real: torch.Tensor, fake: torch.Tensor, mel: torch.Tensor, stride: int = 2) -> torch.Tensor:
     """The sync critic's adversarial fine-tuning: real lower faces with their own audio are in
     sync; the generated ones with the same audio are not, nor are the real ones with another

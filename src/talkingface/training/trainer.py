@@ -405,6 +405,12 @@ class GeneratorTask:
         # weights follow the generator.
         self.opt_sync = (torch.optim.Adam(self.expert.parameters(), lr=cfg.lr_sync, betas=tuple(cfg.betas))
                          if self.expert is not None and cfg.lr_sync > 0 else None)
+        self.reader = None
+        if cfg.lipread_checkpoint and cfg.loss.lipread > 0:
+            from ..config import LipReaderConfig
+
+            self.reader = load_model(cfg.lipread_checkpoint, "lipread", LipReader, LipReaderConfig)[0]
+            self.reader.requires_grad_(False)  # frozen, in eval mode: dropout off, batch-norm statistics kept
         self.world = world
         # One average serves both: stage 0's motion half (loss.motion_ema_start), then, started
         # afresh, the whole generator from ema_start.
@@ -455,6 +461,7 @@ class GeneratorTask:
         lc = self.cfg.loss
         adv = step >= lc.adv_start and (lc.frame_adv > 0 or lc.seq_adv > 0)
         use_sync = self.expert is not None and step >= lc.sync_start
+        use_lipread = self.reader is not None and step >= lc.lipread_start
         frozen = lc.freeze_motion and lc.motion_steps > 0
         self.g.train()
         if frozen:
@@ -484,6 +491,11 @@ class GeneratorTask:
             ls = losses.sync_loss(self.expert, losses.critic_input(out, lc.sync_paint, lc.sync_mask), batch["mel"])
             loss = loss + lc.sync * ls
             m["g_sync"] = ls.item()
+        if use_lipread:
+            lread = losses.lipread_loss(self.reader, losses.critic_input(out, lc.sync_paint, lc.sync_mask),
+                                        viseme_targets(batch["phonemes"]))
+            loss = loss + lc.lipread * lread
+            m["g_lipread"] = lread.item()
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         if frozen:  # gradients still flow (DDP expects every parameter's), they are just not applied
@@ -538,6 +550,12 @@ class GeneratorTask:
             vr, _ = losses.sync_windows(real, b["mel"])
             m["sync_p_fake"] = torch.sigmoid(self.expert(v, a)).mean().item()
             m["sync_p_real"] = torch.sigmoid(self.expert(vr, a)).mean().item()
+        if self.reader is not None:  # the critic's own viseme accuracy on generated and real windows
+            vis = viseme_targets(b["phonemes"])
+            for name, x in (("fake", fake), ("real", real)):
+                v, target = losses.sync_windows(x, vis, self.reader.cfg.frames)
+                known = target >= 0
+                m[f"lipread_acc_{name}"] = (self.reader(v[known]).argmax(1) == target[known]).float().mean().item()
         return m
 
     @torch.no_grad()
@@ -589,6 +607,8 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
                                f"got {cfg.lr_decay_start}")
     if cfg.augment_voice not in ("full", "light"):
         raise TalkingFaceError(f"augment_voice must be 'full' or 'light', got {cfg.augment_voice!r}")
+    if cfg.kind == "generator" and cfg.loss.lipread > 0 and not cfg.lipread_checkpoint:
+        raise TalkingFaceError("loss.lipread > 0 needs lipread_checkpoint (a viseme reader: train one with kind = 'lipread')")
     for key, start, last_key, last in (("ema_start", cfg.ema_start, "steps", cfg.steps),
                                        ("loss.motion_ema_start", cfg.loss.motion_ema_start,
                                         "loss.motion_steps", cfg.loss.motion_steps)):
