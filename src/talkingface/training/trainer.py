@@ -381,8 +381,9 @@ class WeightAverage(torch.nn.Module):
 
 class GeneratorTask:
     """Trains the recurrent generator with L1 + landmarks, then frame/sequence adversaries, then the
-    sync critic (frozen, or fine-tuned along with ``lr_sync``), switching terms on at the configured
-    steps (the paper's staged schedule)."""
+    lip-sync critics: the sync expert (frozen, or fine-tuned along with ``lr_sync``) and/or the
+    paper's lip reader (frozen), switching terms on at the configured steps (the paper's staged
+    schedule)."""
 
     def __init__(self, cfg: TrainConfig, world: int):
         self.cfg = cfg
