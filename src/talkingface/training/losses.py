@@ -57,16 +57,23 @@ def sync_loss(expert, lower: torch.Tensor, mel: torch.Tensor, stride: int = 2) -
     return F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit))
 
 
+def lipread_windows(lower: torch.Tensor, visemes: torch.Tensor, frames: int = 5, stride: int = 1):
+    """The windows of lower faces (B, T, 3, H, W) whose middle frame has a known viseme (visemes
+    (B, T), -1 = unknown), and that viseme: (N, frames, 3, H, W), (N,)."""
+    # sync_windows pairs each video window with its middle frame's entry of any (B, T, ...) tensor.
+    v, target = sync_windows(lower, visemes, frames, stride)
+    known = target >= 0
+    return v[known], target[known]
+
+
 def lipread_loss(reader, lower: torch.Tensor, visemes: torch.Tensor, stride: int = 1) -> torch.Tensor:
     """Cross-entropy of the viseme a frozen lip reader reads off each window of generated lower
     faces (B, T, 3, H, W) against the true viseme of the window's middle frame, visemes (B, T)
     (-1 = unknown: left out; zero loss, still attached, when no window has a known one)."""
-    # sync_windows pairs each video window with its middle frame's entry of any (B, T, ...) tensor.
-    v, target = sync_windows(lower, visemes, reader.cfg.frames, stride)  # (N, F, 3, H, W), (N,)
-    known = target >= 0
-    if not bool(known.any()):
+    v, target = lipread_windows(lower, visemes, reader.cfg.frames, stride)
+    if not len(target):
         return lower.sum() * 0
-    return F.cross_entropy(reader(v[known]), target[known])
+    return F.cross_entropy(reader(v), target)
 
 
 def sync_critic_loss(expert, real: torch.Tensor, fake: torch.Tensor, mel: torch.Tensor, stride: int = 2) -> torch.Tensor:

@@ -488,13 +488,14 @@ class GeneratorTask:
             g_seq = losses.g_adv_loss(self.sd(fake))
             loss = loss + lc.frame_adv * g_frame + lc.seq_adv * g_seq
             m.update(g_frame=g_frame.item(), g_seq=g_seq.item())
+        if use_sync or use_lipread:
+            seen = losses.critic_input(out, lc.sync_paint, lc.sync_mask)  # what the lip-sync critics see
         if use_sync:
-            ls = losses.sync_loss(self.expert, losses.critic_input(out, lc.sync_paint, lc.sync_mask), batch["mel"])
+            ls = losses.sync_loss(self.expert, seen, batch["mel"])
             loss = loss + lc.sync * ls
             m["g_sync"] = ls.item()
         if use_lipread:
-            lread = losses.lipread_loss(self.reader, losses.critic_input(out, lc.sync_paint, lc.sync_mask),
-                                        viseme_targets(batch["phonemes"]))
+            lread = losses.lipread_loss(self.reader, seen, viseme_targets(batch["phonemes"]))
             loss = loss + lc.lipread * lread
             m["g_lipread"] = lread.item()
         self.opt_g.zero_grad(set_to_none=True)
@@ -554,9 +555,8 @@ class GeneratorTask:
         if self.reader is not None:  # the critic's own viseme accuracy on generated and real windows
             vis = viseme_targets(b["phonemes"])
             for name, x in (("fake", fake), ("real", real)):
-                v, target = losses.sync_windows(x, vis, self.reader.cfg.frames)
-                known = target >= 0
-                m[f"lipread_acc_{name}"] = (self.reader(v[known]).argmax(1) == target[known]).float().mean().item()
+                v, target = losses.lipread_windows(x, vis, self.reader.cfg.frames)
+                m[f"lipread_acc_{name}"] = (self.reader(v).argmax(1) == target).float().mean().item()
         return m
 
     @torch.no_grad()
