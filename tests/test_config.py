@@ -58,7 +58,8 @@ def test_every_shipped_config_loads_and_the_recipes_differ_only_where_they_say()
     phase and the average from the adversarial start (results/README, "eval-v13"): its first 3300
     steps are v11's, which is what lets eval-v13 branch from the same checkpoints. v13 is v12 with
     a longer motion stage (results/README, "eval-v14"); v14 is v13 with that stage's weight average
-    handed on ("eval-v15")."""
+    handed on ("eval-v15"); v15 is v14 on seed 1 with the lip-reading critic in the sync expert's
+    place, at its weight and start ("eval-v17", "eval-v18")."""
     import dataclasses
     from pathlib import Path
 
@@ -92,3 +93,12 @@ def test_every_shipped_config_loads_and_the_recipes_differ_only_where_they_say()
     assert 0 < v14.loss.motion_ema_start < v14.loss.motion_steps and v13.loss.motion_ema_start == 0
     same = dataclasses.replace(v14, name=v13.name, loss=dataclasses.replace(v14.loss, motion_ema_start=0))
     assert to_dict(same) == to_dict(v13)
+    # v15: v14 on seed 1, the lip reader as the lip-sync critic instead of the sync expert
+    v15 = cfgs["generator-v15.toml"]
+    assert v15.loss.sync == 0 and v15.lipread_checkpoint and v15.loss.lipread == v14.loss.sync
+    assert v15.loss.lipread_start == v14.loss.sync_start and v15.seed != v14.seed
+    same = dataclasses.replace(v15, name=v14.name, seed=v14.seed, lipread_checkpoint="",
+                               sync_checkpoint=v14.sync_checkpoint,
+                               loss=dataclasses.replace(v15.loss, sync=v14.loss.sync, lipread=0,
+                                                        lipread_start=v14.loss.lipread_start))
+    assert to_dict(same) == to_dict(v14)

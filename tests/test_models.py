@@ -678,3 +678,41 @@ def test_flow_refinement_can_be_kept_to_the_landmarks():
     assert float(flows["lower-half"][:, -3:].min()) > 0.049
     with pytest.raises(ValueError, match="flow_refine"):
         Generator(dataclasses.replace(TINY_G, flow_refine="nowhere"))
+
+
+def test_average_generators_takes_the_mean_of_each_weight(tmp_path, monkeypatch):
+    """scripts/average_generators.py: the exported model's float weights are the members' mean,
+    integer buffers are kept, and generators of another shape are refused with one line."""
+    import importlib.util
+    from pathlib import Path
+
+    from talkingface.inference import load_generator
+    from talkingface.training.checkpoint import export_model
+
+    spec = importlib.util.spec_from_file_location("average_generators",
+                                                  Path(__file__).parents[1] / "scripts/average_generators.py")
+    avg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(avg)
+    members = [Generator(TINY_G) for _ in range(2)]
+    _randomize_zero_init(members[1])
+    paths = [tmp_path / f"g{i}.pt" for i in range(2)]
+    for g, p in zip(members, paths):
+        export_model(p, "generator", g, TINY_G)
+    out = tmp_path / "soup.pt"
+    monkeypatch.setattr("sys.argv", ["average_generators.py", *map(str, paths), "-o", str(out)])
+    avg.main()
+    soup = load_generator(out)[0].state_dict()
+    a, b = (m.state_dict() for m in members)
+    moved = [k for k in a if a[k].is_floating_point() and not torch.equal(a[k], b[k])]
+    assert moved
+    for k in a:
+        want = (a[k] + b[k]) / 2 if a[k].is_floating_point() else a[k]
+        torch.testing.assert_close(soup[k], want)
+    other = tmp_path / "other.pt"
+    export_model(other, "generator", Generator(dataclasses.replace(TINY_G, hidden=48)), dataclasses.replace(TINY_G, hidden=48))
+    monkeypatch.setattr("sys.argv", ["average_generators.py", str(paths[0]), str(other), "-o", str(tmp_path / "x.pt")])
+    with pytest.raises(SystemExit, match="configs differ"):
+        avg.main()
+    with pytest.raises(Exception, match="different layers"):
+        avg.average_state_dicts([a, {k: v for k, v in b.items() if k != next(iter(b))}])
+    assert not (tmp_path / "x.pt").exists()

@@ -323,7 +323,7 @@ class TrainConfig:
     augment_speed: float = 0.0
     # Voice augmentation of the audio windows: "full" (a 0.8-1.25x mel stretch, spectral tilt, EQ,
     # dynamics, a masked band) or "light" (the first version's: a +-10% stretch and the masked band,
-    # with its random stream: what the shipped v7's critic and the pixel evaluation expert had).
+    # with its random stream: what v7's critic and the pixel evaluation expert had).
     augment_voice: str = "full"
     threads: int = 2
     log_every: int = 25

@@ -227,7 +227,7 @@ class Generator(nn.Module):
 
         silence: (B, n_mels, steps) one audio window of silence (``audio.silence_window``), fed for
         ``frames`` frames: after 8 the GRU has settled to within 0.001 crop units (0.1 px) of a
-        32-frame run (shipped checkpoint and v5b, on a portrait). Trained on one speaker filmed with
+        32-frame run (v1, shipped then, and v5b, on a portrait). Trained on one speaker filmed with
         a closed, neutral mouth, the head moves any face toward that rest shape when nobody speaks,
         and a smiling portrait's smile closes. Passed as ``forward(rest=...)``, the photo's
         expression becomes the rest instead."""
