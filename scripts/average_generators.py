@@ -21,7 +21,7 @@ from talkingface.training.checkpoint import export_model
 
 
 def average_state_dicts(state_dicts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The mean of each floating tensor; integer buffers (BatchNorm's batch count) must agree."""
+    """The mean of each floating tensor; integer buffers (BatchNorm's batch count) are the first's."""
     keys = state_dicts[0].keys()
     if any(sd.keys() != keys for sd in state_dicts):
         raise TalkingFaceError("the generators have different layers: not branches of one model")

@@ -686,6 +686,7 @@ def test_average_generators_takes_the_mean_of_each_weight(tmp_path, monkeypatch)
     import importlib.util
     from pathlib import Path
 
+    from talkingface.errors import TalkingFaceError
     from talkingface.inference import load_generator
     from talkingface.training.checkpoint import export_model
 
@@ -713,6 +714,6 @@ def test_average_generators_takes_the_mean_of_each_weight(tmp_path, monkeypatch)
     monkeypatch.setattr("sys.argv", ["average_generators.py", str(paths[0]), str(other), "-o", str(tmp_path / "x.pt")])
     with pytest.raises(SystemExit, match="configs differ"):
         avg.main()
-    with pytest.raises(Exception, match="different layers"):
+    with pytest.raises(TalkingFaceError, match="different layers"):
         avg.average_state_dicts([a, {k: v for k, v in b.items() if k != next(iter(b))}])
     assert not (tmp_path / "x.pt").exists()
