@@ -706,3 +706,127 @@ def test_patched_frames_with_moving_boxes_and_new_bases(tmp_path):
         assert np.array_equal(fa[k], fb[k]), k
         err = [np.abs(fa[k].astype(int) - plain[j]).mean() for j in range(14)]
         assert int(np.argmin(err)) == k  # and each is its own frame, not a neighbour (4:2:0 blurs random colours)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bounded reading: refused from the header, decoding that stops where it is no longer needed
+
+
+class _CountingContainer:
+    """A PyAV container that counts the frames its ``decode`` hands out."""
+
+    def __init__(self, container):
+        self.container, self.decoded = container, 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.container.__exit__(*exc)
+
+    def __getattr__(self, name):
+        return getattr(self.container, name)
+
+    def decode(self, *args, **kwargs):
+        for frame in self.container.decode(*args, **kwargs):
+            self.decoded += 1
+            yield frame
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The containers ``media`` opens, each counting its decoded frames."""
+    opened = []
+
+    def _open(path):
+        opened.append(_CountingContainer(av.open(str(path), metadata_errors="ignore")))
+        return opened[-1]
+
+    monkeypatch.setattr(media, "_open", _open)
+    return opened
+
+
+def test_read_audio_refuses_two_hours_from_the_header(long_opus, counted):
+    path = long_opus(7200)
+    with pytest.raises(TalkingFaceError, match=r"^.*noise-7200s\.ogg: the audio is 7200\.0 s long; "
+                                               r"at most 120 s is accepted$"):
+        read_audio(path, SR, max_seconds=120)
+    assert counted[0].decoded == 0
+
+
+def test_read_audio_stops_decoding_at_the_limit_when_the_header_says_nothing(long_opus, counted, monkeypatch):
+    monkeypatch.setattr(media, "stated_seconds", lambda container, stream: None)  # a header that tells nothing
+    with pytest.raises(TalkingFaceError, match=r"noise-7200s\.ogg: the audio is longer than the 5 s accepted$"):
+        read_audio(long_opus(7200), SR, max_seconds=5)
+    assert counted[0].decoded <= 5 * 1000 // 60 + 2  # 60 ms Opus frames: 5 s and a little, not 2 hours
+
+
+def test_read_audio_within_the_limit_and_without_one(tmp_path, tone):
+    path = tmp_path / "a.wav"
+    sf.write(path, tone(SR, 3.0), SR)
+    assert len(read_audio(path, SR, max_seconds=3.0)) == 3 * SR  # exactly at the limit: taken
+    assert len(read_audio(path, SR, max_seconds=4.0)) == 3 * SR
+    with pytest.raises(TalkingFaceError, match=r"a\.wav: the audio is longer than the 2\.5 s accepted$"):
+        read_audio(path, SR, max_seconds=2.5)  # stated 3 s: under twice the limit, so decoding decides
+    with pytest.raises(TalkingFaceError, match=r"a\.wav: the audio is 3\.0 s long; at most 1 s is accepted$"):
+        read_audio(path, SR, max_seconds=1)
+
+
+def test_read_audio_stated_length_wrong_either_way(tmp_path, tone, monkeypatch):
+    path = tmp_path / "a.wav"
+    sf.write(path, tone(SR, 2.0), SR)
+    for stated in (0.1, 30.0):  # the buffer grows, or gives back what it did not need
+        monkeypatch.setattr(media, "stated_seconds", lambda container, stream: stated)
+        y = read_audio(path, SR)
+        assert len(y) == 2 * SR and (y.base is None or len(y.base) == len(y)), stated
+        assert _mid_rms(y) == pytest.approx(0.5 / np.sqrt(2), rel=0.02)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's own, from its header check
+def test_read_image_too_large_is_refused_from_the_header(huge_png, monkeypatch):
+    from PIL import ImageFile
+
+    loads = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loads.append(self) or None)
+    with pytest.raises(TalkingFaceError, match=r"^.*huge\.png: too large: 13000 x 13000 \(at most 40 megapixels\)$"):
+        read_image(huge_png)
+    assert loads == []  # no pixel was decoded
+
+
+def test_read_image_over_pillows_own_limit_says_too_large(tmp_path):
+    from conftest import uniform_png
+
+    path = uniform_png(tmp_path / "vast.png", 20000, 20000)  # 400 Mpx: Pillow refuses to open it at all
+    with pytest.raises(TalkingFaceError, match=r"vast\.png: too large: over \d+ megapixels \(at most 40 megapixels\)$"):
+        read_image(path)
+
+
+def test_read_image_large_jpeg_decodes_at_a_smaller_scale(tmp_path):
+    path = tmp_path / "wide.jpg"
+    Image.new("RGB", (2000, 1000), (200, 60, 40)).save(path, quality=90)
+    out = read_image(path, max_pixels=600_000)  # 2 Mpx over a 0.6 Mpx limit: half scale fits
+    assert out.shape == (500, 1000, 3)
+    assert np.abs(out[250, 500].astype(int) - (200, 60, 40)).max() <= 4
+    with pytest.raises(TalkingFaceError, match=r"too large: 2000 x 1000 \(at most 0\.01 megapixels\)$"):
+        read_image(path, max_pixels=10_000)  # even 1/8 (250 x 125) is over
+    png = tmp_path / "wide.png"
+    Image.new("RGB", (2000, 1000)).save(png)
+    with pytest.raises(TalkingFaceError, match=r"wide\.png: too large: 2000 x 1000 \(at most 0\.6 megapixels\)$"):
+        read_image(png, max_pixels=600_000)  # only JPEG scales while decoding
+
+
+def test_iter_video_decodes_only_the_frames_asked_for(tmp_path, counted):
+    path = tmp_path / "long.mp4"
+    write_video(path, [np.full((32, 32, 3), k % 250, np.uint8) for k in range(500)])  # 20 s
+    frames = list(iter_video(path, max_frames=30))
+    assert len(frames) == 30
+    assert counted[-1].decoded <= 32  # the frames shown, and the one that ends the last of them
+    assert len(list(iter_video(path, max_frames=1000))) == 500  # a video shorter than asked: all of it
+
+
+def test_iter_video_refuses_huge_frames_from_the_header(tmp_path, counted):
+    path = tmp_path / "wide.mp4"
+    write_video(path, [np.zeros((64, 320, 3), np.uint8)] * 2)
+    with pytest.raises(TalkingFaceError, match=r"wide\.mp4: too large: 320 x 64 video frames \(at most 0\.01 megapixels\)$"):
+        list(iter_video(path, max_pixels=10_000))
+    assert counted[-1].decoded == 0

@@ -105,11 +105,12 @@ def _photo(face: Path, cfg: FaceConfig, face_index: int):
     return image, found.landmarks, m, backgrounds, found.n_faces, found.index
 
 
-def _video(face: Path, cfg: FaceConfig, fps: float, detect_every: int = 2):
+def _video(face: Path, cfg: FaceConfig, fps: float, max_frames: int | None = None, detect_every: int = 2):
     """Track the face through the video (landmarks only), smooth the alignments, and pick the
     frame with the most closed mouth as the reference. Frames are kept in memory (as JPEG when the
     raw frames would pass ~1 GB) so the video can be played back and forth (ping-pong) to cover
-    audio longer than the video.
+    audio longer than the video. Only the first ``max_frames`` frames are read (the speech's length:
+    the rest would never be shown), so a long video costs what its first seconds cost.
 
     Landmarks are found on every ``detect_every``-th frame only (the face mesh is the costliest
     step of dubbing); the alignments in between are interpolated, which the temporal smoothing
@@ -122,7 +123,7 @@ def _video(face: Path, cfg: FaceConfig, fps: float, detect_every: int = 2):
     raw_bytes = 0
     best, best_open = None, np.inf
     with FaceMesh(cfg, video=True) as mesh:
-        for k, frame in enumerate(iter_video(face, fps)):
+        for k, frame in enumerate(iter_video(face, fps, max_frames)):
             frame = _even(frame)
             raw_bytes += frame.nbytes
             f = mesh.detect(frame) if k % detect_every == 0 else None
@@ -180,10 +181,14 @@ def prepare_inputs(face: str | Path, audio: str | Path, crop_size: int, fps: flo
                    face_cfg: FaceConfig = FaceConfig(), audio_cfg: AudioConfig = AudioConfig()) -> Prepared:
     face, audio = Path(face), Path(audio)
     cfg = dataclasses.replace(face_cfg, crop_size=crop_size)
+    speech = read_audio(audio, audio_cfg.sample_rate)
+    if float(np.sqrt(np.mean(speech.astype(np.float64) ** 2))) < SILENCE_RMS:
+        raise TalkingFaceError(f"{audio}: the audio is silent")
+    n = n_frames_for(len(speech) / audio_cfg.sample_rate, fps)
     if is_image(face):
         src, lm, m, backgrounds, n_faces, index = _photo(face, cfg, face_index)
     else:
-        src, lm, m, backgrounds, n_faces, index = _video(face, cfg, fps)
+        src, lm, m, backgrounds, n_faces, index = _video(face, cfg, fps, max_frames=n)  # the speech's frames only
     if n_faces > 1:
         order = "largest" if cfg.pick == "largest" else "most central"
         which = f"the {order} one (index 0)" if index == 0 else f"index {index} (0 = the {order})"
@@ -191,10 +196,6 @@ def prepare_inputs(face: str | Path, audio: str | Path, crop_size: int, fps: flo
     ref_crop = warp_face(src, m, crop_size)
     ref_points = (transform_points(m, lm)[LOWER_FACE] / crop_size).astype(np.float32)
 
-    speech = read_audio(audio, audio_cfg.sample_rate)
-    if float(np.sqrt(np.mean(speech.astype(np.float64) ** 2))) < SILENCE_RMS:
-        raise TalkingFaceError(f"{audio}: the audio is silent")
-    n = n_frames_for(len(speech) / audio_cfg.sample_rate, fps)
     mel = normalize_utterance(log_mel(speech, audio_cfg))
     size = (src.shape[1], src.shape[0])
     return Prepared(ref_crop, ref_points, src, m, backgrounds, size, n_faces, index, mel, n)

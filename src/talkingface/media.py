@@ -2,10 +2,15 @@
 and encodes media, used by corpus preparation and by inference alike.
 
 - ``read_audio``: any file PyAV opens (wav, flac, mp3, m4a, ogg, or a video's audio track) ->
-  mono float32 at the requested rate.
+  mono float32 at the requested rate; with ``max_seconds``, longer audio is refused by the length
+  its header states and, since headers lie, by decoding that stops at the limit.
 - ``iter_video`` / ``read_video``: any container (mpg, mp4, avi, mov, flv, webm, mkv, variable
-  frame rate) -> RGB uint8 frames resampled to a fixed rate *by timestamp*.
+  frame rate) -> RGB uint8 frames resampled to a fixed rate *by timestamp*, decoded only as far
+  as ``max_frames`` asks.
 - ``read_image``: a still photo with EXIF orientation applied, any mode -> RGB uint8.
+
+Pictures (photos and video frames) above ``MAX_PIXELS`` are refused from their header, before
+anything is decoded: a 500 KB PNG can hold 13000 x 13000 pixels (~0.5 GB decoded).
 - ``write_video``: H.264 (yuv420p) + AAC mp4, written to a temp file and renamed, so an
   interrupted write never leaves a half-written output.
 """
@@ -28,6 +33,8 @@ import numpy as np
 from .errors import TalkingFaceError
 
 log = logging.getLogger(__name__)
+
+MAX_PIXELS = 40_000_000  # a photo or video frame: 40 megapixels (7744 x 5163) decode to ~120 MB RGB
 
 
 def _check_file(path: str | Path) -> Path:
@@ -57,33 +64,85 @@ def _short(e: BaseException) -> str:
 # Audio
 
 
-def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
-    """Decode the first audio stream of ``path`` to mono float32 in [-1, 1] at ``sample_rate``."""
+def read_audio(path: str | Path, sample_rate: int = 16000, max_seconds: float | None = None) -> np.ndarray:
+    """Decode the first audio stream of ``path`` to mono float32 in [-1, 1] at ``sample_rate``.
+
+    ``max_seconds``: refuse longer audio without decoding it: at once when the container states a
+    length over twice the limit (a stated length can be an estimate: between one and two limits,
+    decoding decides), else as soon as the decoded samples pass the limit (a stated length can
+    also lie). Without it every sample is kept, in one array sized from the stated length."""
     path = _check_file(path)
     with _open(path) as container:
         if not container.streams.audio:
             raise TalkingFaceError(f"{path}: has no audio track")
         stream = container.streams.audio[0]
+        stated = stated_seconds(container, stream)
+        if max_seconds is not None and stated is not None and stated > 2 * max_seconds:
+            raise TalkingFaceError(f"{path}: the audio is {stated:.1f} s long; at most {max_seconds:g} s is accepted")
+        limit = None if max_seconds is None else int(max_seconds * sample_rate)
+        samples = _Samples(sample_rate * (stated if stated is not None else 60.0), limit)
         # Keep the source channels and average them ourselves: FFmpeg's own downmix to mono
         # sums stereo at -3 dB each, so identical channels came out 3 dB louder (and clipped).
         resampler = av.AudioResampler(format="fltp", rate=sample_rate)
-        chunks: list[np.ndarray] = []
         try:
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().mean(axis=0))
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().mean(axis=0))
+                    samples.add(out.to_ndarray().mean(axis=0))
+                if samples.over:
+                    break
+            else:
+                for out in resampler.resample(None):
+                    samples.add(out.to_ndarray().mean(axis=0))
         except av.FFmpegError as e:
             # A truncated file still yields what was decoded before the damage.
-            if not chunks:
+            if not samples.n:
                 raise TalkingFaceError(f"{path}: audio cannot be decoded ({_short(e)})") from None
             log.warning("%s: audio decoding stopped early (%s); using the first %.2f s", path, _short(e),
-                        sum(map(len, chunks)) / sample_rate)
-    if not chunks or sum(map(len, chunks)) == 0:
+                        samples.n / sample_rate)
+    if samples.over:
+        raise TalkingFaceError(f"{path}: the audio is longer than the {max_seconds:g} s accepted")
+    if not samples.n:
         raise TalkingFaceError(f"{path}: audio track holds no samples")
-    audio = np.concatenate(chunks).astype(np.float32, copy=False)
-    return np.clip(audio, -1.0, 1.0)
+    audio = samples.array()
+    return np.clip(audio, -1.0, 1.0, out=audio)
+
+
+def stated_seconds(container, stream) -> float | None:
+    """The length a stream's (or else the container's) header states, in seconds, if any."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+class _Samples:
+    """Mono samples gathered into one preallocated float32 array (grown by half when the stated
+    length was short), not a list of pieces concatenated at the end: the peak is one copy of the
+    audio, not two. ``over`` once more than ``limit`` samples arrived (the rest are not kept)."""
+
+    def __init__(self, expected: float, limit: int | None):
+        size = int(expected) + 4096
+        self.limit = limit
+        self.buf = np.empty(size if limit is None else min(size, limit + 4096), np.float32)
+        self.n = 0
+        self.over = False
+
+    def add(self, x: np.ndarray) -> None:
+        if self.limit is not None and self.n + len(x) > self.limit:
+            self.over = True
+            return
+        if self.n + len(x) > len(self.buf):
+            grown = np.empty(max(self.n + len(x), len(self.buf) * 3 // 2), np.float32)
+            grown[: self.n] = self.buf[: self.n]
+            self.buf = grown
+        self.buf[self.n: self.n + len(x)] = x
+        self.n += len(x)
+
+    def array(self) -> np.ndarray:
+        if self.n < len(self.buf) * 0.9:  # a stated length well over the real one: give the rest back
+            self.buf = self.buf[: self.n].copy()
+        return self.buf[: self.n]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,29 +165,35 @@ def probe_video(path: str | Path) -> VideoInfo:
             raise TalkingFaceError(f"{path}: has no video track")
         s = c.streams.video[0]
         rate = float(s.average_rate or s.guessed_rate or 25)
-        if s.duration is not None and s.time_base is not None:
-            dur = float(s.duration * s.time_base)
-        elif c.duration is not None:
-            dur = c.duration / av.time_base
-        else:
-            dur = float("nan")
+        dur = stated_seconds(c, s)
+        dur = float("nan") if dur is None else dur
         return VideoInfo(s.codec_context.width, s.codec_context.height, rate, dur, bool(c.streams.audio))
 
 
-def iter_video(path: str | Path, fps: float = 25.0) -> Iterator[np.ndarray]:
+def iter_video(path: str | Path, fps: float = 25.0, max_frames: int | None = None,
+               max_pixels: int = MAX_PIXELS) -> Iterator[np.ndarray]:
     """Yield RGB uint8 frames (H, W, 3) resampled to ``fps`` by presentation time.
 
     Output frame k shows what the source shows at time k / fps: the last source frame whose
     timestamp is <= that time. This handles variable frame rate and 29.97 -> 25 fps alike; the
     clip lasts until the end of its last source frame.
+
+    ``max_frames``: stop after that many output frames; decoding stops with them (an hour of
+    video costs what its first seconds cost). Also after ``50 * max_frames + 250`` source frames
+    (a 1250 fps source), so a file whose timestamps stand still is not decoded to its end for
+    nothing. Frames over ``max_pixels`` are refused from the header, before decoding.
     """
     path = _check_file(path)
     with _open(path) as container:
         if not container.streams.video:
             raise TalkingFaceError(f"{path}: has no video track")
         stream = container.streams.video[0]
+        w, h = stream.codec_context.width, stream.codec_context.height
+        if w * h > max_pixels:
+            raise TalkingFaceError(f"{path}: too large: {w} x {h} video frames (at most {max_pixels / 1e6:g} megapixels)")
         stream.thread_type = "AUTO"
         rate = float(stream.average_rate or stream.guessed_rate or fps)
+        max_decoded = None if max_frames is None else 50 * max_frames + 250
         start = None
         k = 0  # next output frame index
         prev = None
@@ -136,6 +201,10 @@ def iter_video(path: str | Path, fps: float = 25.0) -> Iterator[np.ndarray]:
         n_decoded = 0
         try:
             for frame in container.decode(stream):
+                if max_decoded is not None and n_decoded >= max_decoded:
+                    log.warning("%s: %d source frames gave only %d frames at %g fps; reading stopped", path,
+                                n_decoded, k, fps)
+                    break
                 t = frame.time if frame.time is not None else n_decoded / rate
                 if start is None:
                     start = t
@@ -144,6 +213,8 @@ def iter_video(path: str | Path, fps: float = 25.0) -> Iterator[np.ndarray]:
                 if prev is not None:
                     # Every output time before this frame's timestamp belongs to the previous frame.
                     while k / fps < t - 1e-6:
+                        if k == max_frames:
+                            return
                         yield prev
                         k += 1
                 prev = frame.to_ndarray(format="rgb24")
@@ -155,7 +226,7 @@ def iter_video(path: str | Path, fps: float = 25.0) -> Iterator[np.ndarray]:
         if prev is None:
             raise TalkingFaceError(f"{path}: video track holds no frames")
         end = prev_t + 1.0 / rate  # the last frame is shown for one source frame period
-        while k / fps < end - 1e-6 and (k + 0.5) / fps <= end:
+        while k / fps < end - 1e-6 and (k + 0.5) / fps <= end and k != max_frames:
             yield prev
             k += 1
 
@@ -176,14 +247,14 @@ def read_video(path: str | Path, fps: float = 25.0, sample_rate: int | None = 16
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """RGB uint8 (H, W, 3) with EXIF orientation applied; grayscale, RGBA (over white), CMYK,
-    palette and 16-bit images are converted."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    palette and 16-bit images are converted. Pictures over ``max_pixels`` are refused before
+    they are decoded (``open_image``); a JPEG over it is decoded at 1/2, 1/4 or 1/8 scale instead."""
+    from PIL import Image, ImageOps
 
-    path = _check_file(path)
-    try:
-        with Image.open(path) as im:
+    with open_image(path, max_pixels) as im:
+        try:
             im = ImageOps.exif_transpose(im)
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
@@ -197,8 +268,37 @@ def read_image(path: str | Path) -> np.ndarray:
                 arr = np.clip(np.round(arr / scale), 0, 255).astype(np.uint8)
                 im = Image.fromarray(arr, "L")
             return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
+        except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
+            raise TalkingFaceError(f"{path}: cannot be read as an image ({_short(e)})") from None
+
+
+@contextlib.contextmanager
+def open_image(path: str | Path, max_pixels: int = MAX_PIXELS):
+    """The picture at ``path`` opened (Pillow reads the header only; pixels are decoded on first
+    use), refused when it holds more than ``max_pixels``: "too large: W x H". A JPEG over the
+    limit is set to decode at the smallest of 1/2, 1/4, 1/8 scale that fits (its DCT scaling:
+    costs a fraction of a full decode), so a 48 MP phone photo still reads.
+    Not an image at all: "cannot be read as an image"."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = _check_file(path)
+    limit = f"at most {max_pixels / 1e6:g} megapixels"
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError:  # Pillow's own refusal, from the header too
+        raise TalkingFaceError(f"{path}: too large: over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels "
+                               f"({limit})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise TalkingFaceError(f"{path}: cannot be read as an image ({_short(e)})") from None
+    with im:
+        w, h = im.size
+        if w * h > max_pixels and im.format == "JPEG":
+            scale = next((s for s in (2, 4, 8) if -(-w // s) * -(-h // s) <= max_pixels), 8)
+            im.draft(im.mode, (w // scale, h // scale))
+            log.info("%s: %d x %d decoded at 1/%d scale (%d x %d)", path, w, h, scale, *im.size)
+        if im.size[0] * im.size[1] > max_pixels:
+            raise TalkingFaceError(f"{path}: too large: {w} x {h} ({limit})")
+        yield im
 
 
 def is_image(path: str | Path) -> bool:
