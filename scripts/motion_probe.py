@@ -46,6 +46,11 @@ from talkingface.phonemes import PHONEMES
 from talkingface.training.trainer import mouth_open_from_points
 
 
+def mouth_width(p: torch.Tensor) -> np.ndarray:
+    """(T, K, 2) lower-face points -> distance between the outer lip corners (T,)."""
+    return (p[:, 0] - p[:, 10]).norm(dim=-1).numpy()
+
+
 def tracked_opening(crops: np.ndarray) -> np.ndarray:
     """(T, S, S, 3) uint8 crops -> inner-lip gap (T,) from landmarks tracked on them (NaN where none)."""
     return mouth_curves(detect_landmarks(crops))["opening"]
@@ -59,11 +64,14 @@ def probe(g: Generator, clips, rows, train_speakers, render: bool = False) -> di
             ri = first_face(c)
             ref, ref_pts = c.crops[ri: ri + 1].float() / 127.5 - 1, c.points[ri: ri + 1].float()
             enc = g.encode_motion_reference(ref, ref_pts)
-            pred = mouth_open_from_points(g.motion(c.mel.float()[None], enc)["points"][0]).numpy()
+            pred_pts = g.motion(c.mel.float()[None], enc)["points"][0]
+            pred = mouth_open_from_points(pred_pts).numpy()
             real = mouth_open_from_points(c.points.float()).numpy()
             ok = c.found.numpy().astype(bool)
             grp = "unseen sentences" if r["speaker"] in train_speakers else "unseen speakers"
             res[grp].append(pearson(pred[ok], real[ok]))
+            # mouth width: outer lip corners (face.LOWER_FACE positions 0 and 10)
+            res[grp + " width"].append(pearson(mouth_width(pred_pts)[ok], mouth_width(c.points.float())[ok]))
             res[grp + " loudness"].append(pearson(loudness(c.audio, len(pred))[ok], real[ok]))
             if grp == "unseen speakers":  # 8 clips of 3 people: say who the mean is made of
                 res[f"speaker {r['speaker']}"].append(res[grp][-1])
@@ -110,6 +118,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="generator config override for the trained probe, e.g. audio.lifter=20")
+    ap.add_argument("--phones", choices=("recognised", "aligned"), default="recognised",
+                    help="the phone track a generator that hears phones gets on the probed split")
     ap.add_argument("--out", help="append the result as a JSON line to this file")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
@@ -118,26 +128,27 @@ def main() -> None:
     rows = read_manifest(corpus)
     train_speakers = {r["speaker"] for r in rows if r["split"] == "train"}
     test_rows = [r for r in rows if r["split"] == args.split]
-    test = load_clips(corpus, test_rows, cfg)
+    t0 = time.time()
+    g = load_generator(args.checkpoint)[0] if args.checkpoint else None
+    gcfg = g.cfg if g is not None else load_config(GeneratorConfig, None, ["motion_identity=false", *args.set])
+    phones = args.phones if gcfg.phones != "none" else ""  # the track generate hears (phonetic.py)
+    test = load_clips(corpus, test_rows, cfg, phones=phones)
     import soundfile as sf
 
     for c, r in zip(test, test_rows):  # the loudness reference needs the waveform
         c.audio = sf.read(corpus / "clips" / r["clip"] / "audio.wav", dtype="float32")[0]
-    t0 = time.time()
-    if args.checkpoint:
-        g, _, _ = load_generator(args.checkpoint)
-    else:
+    if g is None:
         chosen = set(json.loads((corpus / "selections" / f"{args.selection}.json").read_text())["clips"])
         train_rows = [r for r in rows if r["split"] == "train" and r["clip"] in chosen]
-        train = load_clips(corpus, train_rows, cfg)
+        train = load_clips(corpus, train_rows, cfg, phones="recognised" if phones else "")
         if args.synthetic_voices:
             from synthetic_voices import synthetic_copies
 
             train += synthetic_copies(train, train_rows, args.synthetic_voices, np.random.default_rng(1000 + args.seed))
-        g = Generator(load_config(GeneratorConfig, None, ["motion_identity=false", *args.set]))
+        g = Generator(gcfg)
         head = torch.nn.Linear(g.cfg.audio.dim, len(PHONEMES))
         opt = torch.optim.Adam(g.motion_parameters() + list(head.parameters()), lr=args.lr, betas=(0.5, 0.999))
-        sampler = WindowSampler(train, args.window, augment=args.augment, speed=args.speed)
+        sampler = WindowSampler(train, args.window, augment=args.augment, speed=args.speed, n_mels=cfg.audio.n_mels)
         rng = np.random.default_rng(args.seed)
         for step in range(args.steps):
             g.train()

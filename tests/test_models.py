@@ -717,3 +717,61 @@ def test_average_generators_takes_the_mean_of_each_weight(tmp_path, monkeypatch)
     with pytest.raises(TalkingFaceError, match="different layers"):
         avg.average_state_dicts([a, {k: v for k, v in b.items() if k != next(iter(b))}])
     assert not (tmp_path / "x.pt").exists()
+
+
+def _with_phones(mel: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """(B, T, n_mels, steps) mel windows + (B, T, steps) phone ids -> the windows with one-hot phone rows."""
+    from talkingface.phonetic import N_PHONES
+
+    oh = torch.nn.functional.one_hot(ids, N_PHONES).float().permute(0, 1, 3, 2)  # (B, T, N_PHONES, steps)
+    return torch.cat([mel, oh], 2)
+
+
+@pytest.mark.parametrize("phones", ["with-mel", "only"])
+def test_a_generator_that_hears_phones_reads_the_phone_rows(phones):
+    """generator.phones: the motion depends on the phone rows below the mel bands ("only": on
+    nothing else), windows without them are refused with a message, and a model without phones
+    reads the mel rows of windows that carry phones exactly as windows without them."""
+    cfg = dataclasses.replace(TINY_G, decoder_input="motion", motion_identity=False, phones=phones)
+    torch.manual_seed(0)
+    g = Generator(cfg).eval()
+    _randomize_zero_init(g)
+    ref, pts = _ref(1)
+    mel = _mel(1, 4)
+    a, b = torch.zeros(1, 4, 35, dtype=torch.long), torch.full((1, 4, 35), 7)
+    with torch.no_grad():
+        enc = g.encode_motion_reference(ref, pts)
+        pa = g.motion(_with_phones(mel, a), enc)["offsets"]
+        assert not torch.allclose(pa, g.motion(_with_phones(mel, b), enc)["offsets"])
+        other_mel = g.motion(_with_phones(_mel(1, 4) + 1.0, a), enc)["offsets"]
+        assert torch.allclose(pa, other_mel) == (phones == "only")
+        assert g(_with_phones(mel, a), ref, pts)["frames"].shape == (1, 4, 3, cfg.crop_size, cfg.crop_size)
+        # silence's rest: the phone rows say silence (id 0) whatever the window's minimum was
+        rest = g.rest_offsets(g.encode_reference(ref, pts), _with_phones(mel, b)[:, 0])
+        torch.testing.assert_close(rest, g.rest_offsets(g.encode_reference(ref, pts), _with_phones(mel, a)[:, 0]))
+    with pytest.raises(ValueError, match="phone rows"):
+        g.motion(mel, enc)
+    plain = Generator(dataclasses.replace(cfg, phones="none")).eval()
+    with torch.no_grad():
+        e2 = plain.encode_motion_reference(ref, pts)
+        torch.testing.assert_close(plain.motion(_with_phones(mel, b), e2)["offsets"], plain.motion(mel, e2)["offsets"])
+
+
+def test_combine_puts_a_phone_hearing_motion_half_over_a_renderer_without_phones():
+    from talkingface.models.generator import combine_motion_and_renderer
+
+    cfg = dataclasses.replace(TINY_G, decoder_input="motion", motion_identity=False)
+    torch.manual_seed(0)
+    drawer = Generator(cfg).eval()
+    mover = Generator(dataclasses.replace(cfg, phones="with-mel")).eval()
+    _randomize_zero_init(mover)
+    _randomize_zero_init(drawer)
+    both = combine_motion_and_renderer(mover, drawer)
+    assert both.cfg.phones == "with-mel"
+    ref, pts = _ref(1)
+    mel = _with_phones(_mel(1, 3), torch.full((1, 3, 35), 4))
+    off = torch.full((1, 3, K, 2), 0.02)
+    with torch.no_grad():
+        torch.testing.assert_close(both(mel, ref, pts, offsets=off)["lower"], drawer(mel[:, :, :80], ref, pts, offsets=off)["lower"])
+        torch.testing.assert_close(both.motion(mel, both.encode_motion_reference(ref, pts))["offsets"],
+                                   mover.motion(mel, mover.encode_motion_reference(ref, pts))["offsets"])

@@ -679,3 +679,35 @@ def test_speed_perturbation_stretches_audio_windows_around_their_centre():
 
     (m0, r0), (m1, r1) = draws(0.0), draws(0.25)
     assert r0 != r1 and not torch.equal(m0, m1)  # speed > 0 takes one more draw per sample and changes the windows
+
+
+def test_generator_hearing_phones_trains_on_the_recognised_track(corpus, tmp_path, monkeypatch):
+    """generator.phones: prepare wrote the clip's phone tracks, training hears the recognised one
+    (what generate hears without a transcript), phone dropout blanks whole windows' phone rows, and
+    the exported model moves its landmarks with the phones."""
+    pytest.importorskip("pocketsphinx")
+    from talkingface.inference import load_generator
+    from talkingface.training import trainer as T
+
+    tracks = np.load(next(Path(corpus).glob("clips/*/*/phones.npz")))
+    assert set(tracks.files) == {"recognised", "aligned"} and (tracks["aligned"] > 0).sum() > 50
+    seen = []
+    motion = T.Generator.motion
+
+    def spy(self, mel, enc, state=None):
+        seen.append(mel.detach().clone())
+        return motion(self, mel, enc, state)
+
+    monkeypatch.setattr(T.Generator, "motion", spy)
+    cfg = load_config(TrainConfig, None, _overrides(
+        corpus, "steps=3", "loss.motion_steps=3", "loss.motion_batch_size=8", 'generator.phones="with-mel"',
+        "loss.phone_dropout=0.5", "val_every=100", "ckpt_every=100", "log_every=1", "generator.decoder_input=\"motion\""))
+    g = load_generator(Path(train(cfg, tmp_path / "run", progress=False)) / "generator.pt")[0]
+    assert g.cfg.phones == "with-mel"
+    batch = seen[0]  # (B, T, 80 + 40, 35)
+    assert batch.shape[2] == 120
+    rows = batch[:, :, 80:]
+    per_window = rows.sum((1, 2, 3))
+    assert (per_window == 0).any() and (per_window > 0).any()  # some windows blanked, some not
+    kept = rows[per_window > 0]
+    assert torch.all(kept.sum(2) <= 1.0 + 1e-6)  # at most one phone per step: one-hot (or padding)

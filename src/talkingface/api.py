@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import frame_windows, log_mel, normalize_utterance, silence_window
+from .audio import frame_windows, log_mel, normalize_utterance, silence_window, with_rows
 from .config import AudioConfig, FaceConfig, GeneratorConfig
 from .errors import TalkingFaceError
 from .face import LOWER_FACE, FaceMesh, alignment_matrix, transform_points, warp_face
 from .inference import compute_dtype
 from .media import check_writable, is_image, iter_video, n_frames_for, read_audio, read_image, write_video
+from .phonetic import one_hot, phone_track
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,10 @@ def _video(face: Path, cfg: FaceConfig, fps: float, max_frames: int | None = Non
 
 
 def prepare_inputs(face: str | Path, audio: str | Path, crop_size: int, fps: float = 25.0, face_index: int = 0,
-                   face_cfg: FaceConfig = FaceConfig(), audio_cfg: AudioConfig = AudioConfig()) -> Prepared:
+                   face_cfg: FaceConfig = FaceConfig(), audio_cfg: AudioConfig = AudioConfig(), phones: bool = False,
+                   text: str | None = None, language: str = "en") -> Prepared:
+    """``phones``: the model hears a phone track too (``generator.phones``): the phonetic front end
+    aligns ``text`` to the speech, or recognises the phones without one (``phonetic.phone_track``)."""
     face, audio = Path(face), Path(audio)
     cfg = dataclasses.replace(face_cfg, crop_size=crop_size)
     speech = read_audio(audio, audio_cfg.sample_rate)
@@ -197,6 +201,11 @@ def prepare_inputs(face: str | Path, audio: str | Path, crop_size: int, fps: flo
     ref_points = (transform_points(m, lm)[LOWER_FACE] / crop_size).astype(np.float32)
 
     mel = normalize_utterance(log_mel(speech, audio_cfg))
+    if phones:
+        track, how = phone_track(speech, text, language)
+        log.info("phones: %s (%.0f%% of the speech's steps outside silence)", how,
+                 100 * float(np.mean((track > 0)[: mel.shape[-1]])))
+        mel = with_rows(mel, one_hot(track))  # (n_mels + N_PHONES, M)
     size = (src.shape[1], src.shape[0])
     return Prepared(ref_crop, ref_points, src, m, backgrounds, size, n_faces, index, mel, n)
 
@@ -294,18 +303,22 @@ def _prefetch(it: Iterator, depth: int = 8) -> Iterator:
 
 def stream(face: str | Path, audio: str | Path, model: Model | None = None, fps: float = 25.0, face_index: int = 0,
            chunk: int = 50, progress: bool = False, precision: str = "auto", articulation: float = 1.0,
-           keep_expression: bool = True) -> Iterator[np.ndarray]:
+           keep_expression: bool = True, text: str | None = None, language: str = "en") -> Iterator[np.ndarray]:
     """Yield full-resolution RGB frames (H, W, 3) uint8 of ``face`` speaking ``audio``.
     ``precision``: "auto" (bfloat16 where the CPU computes it natively), "fp32" or "bf16"
     (``inference.compute_dtype``). ``articulation``: how far the lips move, as a multiple of the
     model's predicted motion (``check_articulation``; README "Articulation"). ``keep_expression``:
     the photo's own mouth (a smile, parted lips) is the rest the speech moves away from and back
     to, instead of the closed mouth the model learned from its training speaker
-    (``Generator.rest_offsets``; README "Expression")."""
+    (``Generator.rest_offsets``; README "Expression"). ``text``: what is said, when known: a model
+    that hears phones (``generator.phones``) then gets them force-aligned to it instead of
+    recognised; ``language``: the speech's language (other than English: no phones, the audio
+    alone; one log line says so)."""
     model = model or load_model()
     compute_dtype(precision, model.device)  # a bad value fails now, not at the first frame
     check_articulation(articulation)
-    p = prepare_inputs(face, audio, model.config.crop_size, fps, face_index)
+    p = prepare_inputs(face, audio, model.config.crop_size, fps, face_index, phones=model.config.phones != "none",
+                       text=text, language=language)
     yield from _frames(model, p, fps, chunk, progress, AudioConfig(), precision, articulation, keep_expression)
 
 
@@ -320,20 +333,22 @@ def _counted(frames: Iterator[np.ndarray], total: int, on_progress: Callable[[in
 def generate(face: str | Path, audio: str | Path, out: str | Path | None = None, model: Model | None = None,
              fps: float = 25.0, face_index: int = 0, chunk: int = 50, seed: int = 0, progress: bool = True,
              on_progress: Callable[[int, int], None] | None = None, crf: int = 18, preset: str | None = None,
-             precision: str = "auto", articulation: float = 1.0, keep_expression: bool = True):
+             precision: str = "auto", articulation: float = 1.0, keep_expression: bool = True,
+             text: str | None = None, language: str = "en"):
     """Make the talking video. With ``out``: write an H.264 + AAC mp4 atomically and return its path;
     without: return the frames as a list (short clips only). ``progress`` shows a tqdm bar;
     ``on_progress(done, total)`` is called in the caller's thread as each frame is finished
     (written, with ``out``), from ``(0, total)`` once the inputs are read to ``(total, total)``.
     ``crf``/``preset``: H.264 quality and x264 preset of the mp4 (``media.write_video``);
-    ``precision``, ``articulation``, ``keep_expression``: as for ``stream``."""
+    ``precision``, ``articulation``, ``keep_expression``, ``text``, ``language``: as for ``stream``."""
     torch.manual_seed(seed)  # the generator is deterministic; kept for future stochastic parts
     compute_dtype(precision, model.device if model else "cpu")
     check_articulation(articulation)
     if out is not None:
         check_writable(out, inputs=[face, audio])
     model = model or load_model()
-    p = prepare_inputs(face, audio, model.config.crop_size, fps, face_index)
+    p = prepare_inputs(face, audio, model.config.crop_size, fps, face_index, phones=model.config.phones != "none",
+                       text=text, language=language)
     frames = _frames(model, p, fps, chunk, progress, AudioConfig(), precision, articulation, keep_expression)
     if out is None:
         return list(_counted(frames, p.n_frames, on_progress) if on_progress else frames)

@@ -48,7 +48,8 @@ def log_mel(audio: torch.Tensor | np.ndarray, cfg: AudioConfig = AudioConfig(), 
     """(..., N) waveform -> (..., n_mels, M) natural-log mel power, M = N // hop + 1 (centred frames).
 
     Long signals are processed ``block_frames`` mel steps (60 s) at a time, so memory stays flat
-    with audio length; each block sees the same samples a single pass would (identical output).
+    with audio length; each block sees the same samples a single pass would (the same output up to
+    float32 rounding: BLAS may sum the filterbank in another order for another block width).
     """
     x = torch.as_tensor(audio, dtype=torch.float32)
     shape = x.shape[:-1]
@@ -139,10 +140,23 @@ def silence_window(feats: torch.Tensor, cfg: AudioConfig = AudioConfig()) -> tor
     return floor[:, None].expand(-1, cfg.window_steps)
 
 
+def with_rows(feats: torch.Tensor, rows: np.ndarray | torch.Tensor | None) -> torch.Tensor:
+    """Features (C, M) at 100 Hz with more rows (C', M') at the same steps appended below them
+    (C + C', M): a phone track's one-hot rows (``phonetic.one_hot``). The rows are cut or padded
+    with zeros to M (the two can differ by a step at the end). None: ``feats`` as they are."""
+    if rows is None:
+        return feats
+    r = torch.as_tensor(rows, dtype=feats.dtype)[:, : feats.shape[-1]]
+    if r.shape[-1] < feats.shape[-1]:
+        r = torch.nn.functional.pad(r, (0, feats.shape[-1] - r.shape[-1]))
+    return torch.cat([feats, r], 0)
+
+
 def audio_frame_features(audio: np.ndarray | torch.Tensor, n_frames: int, fps: float = 25.0,
-                         cfg: AudioConfig = AudioConfig()) -> torch.Tensor:
-    """Waveform at ``cfg.sample_rate`` -> per-video-frame normalised log-mel windows (T, n_mels, w)."""
-    mel = normalize_utterance(log_mel(audio, cfg))
+                         cfg: AudioConfig = AudioConfig(), rows: np.ndarray | None = None) -> torch.Tensor:
+    """Waveform at ``cfg.sample_rate`` -> per-video-frame normalised log-mel windows (T, n_mels, w),
+    with ``rows`` (C', M) (a phone track's one-hot rows) appended below the mel bands: (T, n_mels + C', w)."""
+    mel = with_rows(normalize_utterance(log_mel(audio, cfg)), rows)
     return frame_windows(mel, n_frames, fps, cfg)
 
 

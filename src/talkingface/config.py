@@ -121,6 +121,12 @@ class GeneratorConfig:
     # stay where the landmark flow puts them.
     flow_refine: str = "lower-half"
     max_point_offset: float = 0.12  # landmarks move at most this fraction of the crop per frame
+    # What the audio -> motion half hears (phonetic.py). "none": the log-mel windows alone (v1-v15).
+    # "with-mel": also the phone track of a many-speaker recogniser (pocketsphinx), 40 one-hot rows
+    # appended below the mel bands of every audio window; "only": the phone track alone (the mel
+    # rows are ignored). Phones name what is said in the same symbols for every voice.
+    phones: str = "none"
+    phone_dim: int = 128  # width of the phone encoder's output
     feather_rows: int = 8  # rows blended with the photo at the top of the generated half
 
 
@@ -284,6 +290,10 @@ class LossConfig:
     # gradient reaches the paint and the blend mask as sync_paint / sync_mask say.
     lipread: float = 0.0
     lipread_start: int = 1500
+    # Fraction of training windows whose phone rows are blanked (all -1: "no phonetic
+    # information"), so a model with generator.phones = "with-mel" still moves the lips from the
+    # audio alone where the recogniser has nothing to say (another language: phonetic.phone_track).
+    phone_dropout: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ class Clip:
     landmarks: np.ndarray  # (T, 478, 2) crop pixels, NaN where no face was found
     found: np.ndarray  # (T,) bool
     phonemes: np.ndarray  # (T,) int, -1 = unknown
+    phones: dict | None = None  # phonetic front end tracks at 100 Hz ("recognised", "aligned"), if prepared
 
 
 def read_manifest(corpus: str | Path) -> list[dict]:
@@ -39,7 +40,12 @@ def load_clip(corpus: str | Path, row: dict, fps: float = 25.0) -> Clip:
     audio, _ = sf.read(d / "audio.wav", dtype="float32")
     meta = np.load(d / "meta.npz")
     t = min(len(crops), len(meta["found"]))  # the encoder keeps every frame; guard anyway
-    return Clip(row, crops[:t], audio, meta["landmarks"][:t], meta["found"][:t], meta["phonemes"][:t].astype(np.int64))
+    phones = None
+    if (d / "phones.npz").exists():
+        with np.load(d / "phones.npz") as z:
+            phones = {k: z[k].astype(np.int64) for k in z.files}
+    return Clip(row, crops[:t], audio, meta["landmarks"][:t], meta["found"][:t], meta["phonemes"][:t].astype(np.int64),
+                phones)
 
 
 def load_landmarks(corpus: str | Path, row: dict) -> tuple[np.ndarray, np.ndarray]:

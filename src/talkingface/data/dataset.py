@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ..audio import audio_frame_features
 from ..config import DataConfig
 from ..face import LOWER_FACE, SYNC_POINTS, detect_landmarks, mirror_index, mouth_motion
+from ..phonetic import n_steps, one_hot
 from .corpus import load_clip
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,11 @@ class ClipTensors:
 
 
 def load_clips(corpus: str | Path, rows: list[dict], cfg: DataConfig, progress: bool = False,
-               motion: bool = False) -> list[ClipTensors]:
-    """``motion``: also the mouth motion the landmark sync expert reads, from landmarks detected on
+               motion: bool = False, phones: str = "") -> list[ClipTensors]:
+    """``phones``: "recognised" or "aligned" appends that phone track's one-hot rows below the mel
+    bands of every audio window (``phonetic``; all zero, "no phonetic information", for a clip
+    prepared without tracks or where the transcript would not align); "" (default): mel alone.
+    ``motion``: also the mouth motion the landmark sync expert reads, from landmarks detected on
     the aligned crops (``face.detect_landmarks``, ~10 ms a frame), as evaluation measures real and
     generated crops; not from the stored landmarks, which were detected on the full-size source
     frames and differ by ~30% of the motion's spread. ``found`` then also requires that detection."""
@@ -51,7 +55,13 @@ def load_clips(corpus: str | Path, rows: list[dict], cfg: DataConfig, progress: 
     for r in tqdm(rows, desc="load clips", unit="clip", disable=not progress):
         c = load_clip(corpus, r, cfg.fps)
         t = len(c.crops)
-        mel = audio_frame_features(c.audio, t, cfg.fps, cfg.audio).half()
+        rows = None
+        if phones:
+            if phones not in ("recognised", "aligned"):
+                raise ValueError(f"phones must be '', 'recognised' or 'aligned', got {phones!r}")
+            track = c.phones[phones] if c.phones else np.full(n_steps(len(c.audio)), -1)
+            rows = one_hot(track)
+        mel = audio_frame_features(c.audio, t, cfg.fps, cfg.audio, rows).half()
         pts = torch.from_numpy(c.landmarks[:, LOWER_FACE] / cfg.face.crop_size).float()
         found, mo = c.found, None
         if motion:
@@ -91,8 +101,9 @@ class WindowSampler:
     clips were loaded with it."""
 
     def __init__(self, clips: list[ClipTensors], window: int, augment: bool = True, min_shift: int = 3,
-                 speed: float = 0.0, voice: str = "full"):
+                 speed: float = 0.0, voice: str = "full", n_mels: int | None = None):
         self.window = window
+        self.n_mels = n_mels  # rows of an audio window that are mel bands (the rest: phone rows); None = all
         self.augment = augment
         self.speed = speed  # speaking-rate perturbation of the audio windows (``augment_batch``)
         self.voice = voice  # "full" or "light" voice augmentation (``augment_batch``)
@@ -161,7 +172,7 @@ class WindowSampler:
         if mo:
             out["motion"] = torch.stack(mo)
         if self.augment:
-            augment_batch(out, rng, self.speed, self.voice)
+            augment_batch(out, rng, self.speed, self.voice, self.n_mels)
         return out
 
     def _negative_mel(self, ci: int, s: int, rng) -> torch.Tensor:
@@ -200,14 +211,16 @@ def warp_windows(m: torch.Tensor, alpha: torch.Tensor, rate: torch.Tensor | None
     return F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-def augment_batch(b: dict, rng: np.random.Generator, speed: float = 0.0, voice: str = "full") -> None:
+def augment_batch(b: dict, rng: np.random.Generator, speed: float = 0.0, voice: str = "full",
+                  n_mels: int | None = None) -> None:
     """In place. One draw per sample, applied identically to its reference and its targets.
     ``speed`` > 0 also stretches every audio window in time around its centre by a factor in
     [1 / (1 + speed), 1 + speed] (one per sample): speakers talk faster or slower than the
     training speaker. 0 draws no extra random numbers, so older runs replay bit-identically; nor
     does mouth motion, whose draws come last and only in batches that hold it. ``voice`` is
     TrainConfig.augment_voice: "full", or "light" (the first version's: a +-10% mel stretch and the
-    band mask only, drawing exactly the random numbers that version drew)."""
+    band mask only, drawing exactly the random numbers that version drew). Audio-window rows past
+    ``n_mels`` (a phone track) get no voice augmentation: only the time stretch of ``speed``."""
     n, t = b["mel"].shape[:2]
     # Colour: gain per channel, brightness, contrast, and 10% grayscale.
     gain = torch.from_numpy(rng.uniform(0.8, 1.2, (n, 3, 1, 1))).float()
@@ -263,7 +276,8 @@ def augment_batch(b: dict, rng: np.random.Generator, speed: float = 0.0, voice: 
     for key in ("mel", "neg_mel"):
         if key not in b:
             continue
-        m = b[key]  # (N, T, n_mels, steps)
+        m = b[key]  # (N, T, n_mels [+ phone rows], steps)
+        m, extra = (m, None) if n_mels is None or n_mels >= m.shape[2] else (m[:, :, :n_mels], m[:, :, n_mels:])
         nm, st = m.shape[2:]
         if voice == "light":
             alpha = torch.from_numpy(rng.uniform(0.9, 1.1, n)).float()
@@ -282,6 +296,10 @@ def augment_batch(b: dict, rng: np.random.Generator, speed: float = 0.0, voice: 
         lo = rng.integers(0, nm - 8, n)
         for i in range(n):
             warped[i, :, lo[i]: lo[i] + int(rng.integers(0, 8))] = 0.0
+        if extra is not None:
+            if rate is not None:
+                extra = warp_windows(extra, torch.ones(n), rate)
+            warped = torch.cat([warped, extra], 2)
         b[key] = warped
 
     if "motion" in b:

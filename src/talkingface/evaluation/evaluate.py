@@ -190,7 +190,9 @@ def other_clip_index(k: int, speakers: list[str], collections: list[str]) -> int
 def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model: str | Path, out_dir: str | Path,
              max_clips: int = 0, progress: bool = True, lip_reader: str | Path | None = None,
              articulations: tuple[float, ...] = (1.0,), keep_expression: bool = True,
-             landmark_sync_model: str | Path | None = None) -> dict:
+             landmark_sync_model: str | Path | None = None, phones: str = "recognised") -> dict:
+    """``phones``: which phone track of the corpus (``prepare``'s ``phones.npz``) checkpoints that
+    hear phones get: "recognised" (what ``generate`` does without a transcript) or "aligned" (with one)."""
     from tqdm import tqdm
 
     corpus = Path(corpus)
@@ -219,7 +221,8 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
     gens = {name: (loaded[c], a) for name, c, a in checkpoint_systems(checkpoints, articulations)}
     out_dir = Path(out_dir)
     (out_dir / "sheets").mkdir(parents=True, exist_ok=True)
-    clips = load_clips(corpus, rows, data_cfg)
+    # Models without phones (and the sync experts) read the mel rows alone (AudioEncoder).
+    clips = load_clips(corpus, rows, data_cfg, phones=phones if any(g.cfg.phones != "none" for g in loaded.values()) else "")
     other_of = [other_clip_index(k, [r["speaker"] for r in rows], [collection_of(r) for r in rows])
                 for k in range(len(rows))]
     # The loudness-driven mouth, rendered by the first checkpoint's renderer (see baselines.py).
@@ -595,7 +598,7 @@ def evaluate_stills(checkpoints: list[str], portraits: str | Path, speech: str |
         fname = file_stem(name)
         for i, photo in enumerate(photos):
             sp = clips[i % len(clips)]
-            p = api.prepare_inputs(photo, sp, model.config.crop_size)
+            p = api.prepare_inputs(photo, sp, model.config.crop_size, phones=model.config.phones != "none")
             frames = list(api._frames(model, p, 25.0, 50, False, api.AudioConfig(), articulation=art,
                                       keep_expression=keep_expression))
             crops = np.stack([warp_face(f, p.src_matrix, model.config.crop_size) for f in frames])

@@ -30,12 +30,15 @@ class AudioEncoder(nn.Module):
             nn.AdaptiveAvgPool2d(1),
         )
         self.fc = nn.Linear(8 * w, cfg.dim)
+        self.n_mels = cfg.n_mels
         self.lifter = cfg.lifter
         if cfg.lifter:  # fixed, rebuilt from the config: not stored in checkpoints
             self.register_buffer("envelope", envelope_projection(cfg.n_mels, cfg.lifter), persistent=False)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        """mel: (N, n_mels, steps) -> (N, dim)."""
+        """mel: (N, n_mels [+ more rows], steps) -> (N, dim). Rows past the mel bands (a phone track,
+        ``phonetic``) are not read here."""
+        mel = mel[:, : self.n_mels]
         if self.lifter:
             mel = torch.matmul(self.envelope.to(mel.dtype), mel)  # (N, n_mels, steps)
         return self.fc(self.net(mel[:, None]).flatten(1))

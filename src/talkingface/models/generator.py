@@ -22,15 +22,20 @@ any face. Sizes (widths 32..256, GRU 256) are picked so a model trains in about 
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import GeneratorConfig
 from ..face import LIPS, LOWER_FACE
+from ..phonemes import SIL
+from ..phonetic import N_PHONES
 from .audio_encoder import AudioEncoder
 from .blocks import ResBlock, conv_block
 from .identity_encoder import IdentityEncoder
+from .phone_encoder import PhoneEncoder
 
 
 def cat_conv(block: nn.Sequential, parts: list[torch.Tensor], per_reference: list[bool], b: int, t: int) -> torch.Tensor:
@@ -85,10 +90,16 @@ class Generator(nn.Module):
         super().__init__()
         assert cfg.n_points == len(LOWER_FACE), "n_points must match face.LOWER_FACE"
         self.cfg = cfg
-        self.audio_encoder = AudioEncoder(cfg.audio)
+        if cfg.phones not in PHONE_INPUTS:
+            raise ValueError(f"generator.phones must be one of {PHONE_INPUTS}, got {cfg.phones!r}")
+        if cfg.phones != "only":
+            self.audio_encoder = AudioEncoder(cfg.audio)
+        if cfg.phones != "none":
+            self.phone_encoder = PhoneEncoder(N_PHONES, cfg.phone_dim)
         self.identity_encoder = IdentityEncoder(cfg.identity)
         self.points_in = nn.Sequential(nn.Linear(2 * cfg.n_points, 128), nn.ReLU(inplace=True), nn.Linear(128, 128))
-        fused = cfg.audio.dim + (cfg.identity.dim if cfg.motion_identity else 0) + 128
+        heard = (cfg.audio.dim if cfg.phones != "only" else 0) + (cfg.phone_dim if cfg.phones != "none" else 0)
+        fused = heard + (cfg.identity.dim if cfg.motion_identity else 0) + 128
         if cfg.recurrent:
             self.gru = nn.GRU(fused, cfg.hidden, batch_first=True)
         else:
@@ -211,7 +222,7 @@ class Generator(nn.Module):
         offsets and points (B, T, K, 2), and the recurrent state. Cheap enough to pre-train with
         large batches before the renderer joins in."""
         b, t = mel.shape[:2]
-        a = self.audio_encoder(mel.flatten(0, 1)).view(b, t, -1)  # (B, T, Da)
+        a = self.hear(mel.flatten(0, 1)).view(b, t, -1)  # (B, T, Da [+ Dp])
         cond = torch.cat([enc["id"], enc["points_feat"]], 1) if self.cfg.motion_identity else enc["points_feat"]
         cond = cond[:, None].expand(b, t, -1)
         x = torch.cat([a, cond], 2)  # (B, T, Da + Di + 128)
@@ -222,6 +233,22 @@ class Generator(nn.Module):
         off = torch.tanh(self.motion_head(h)).view(b, t, -1, 2) * self.cfg.max_point_offset
         return {"h": h, "offsets": off, "points": enc["ref_points"][:, None] + off, "state": state}
 
+    def hear(self, windows: torch.Tensor) -> torch.Tensor:
+        """Audio windows (N, n_mels [+ N_PHONES], steps) -> what the motion half hears (N, D):
+        the audio encoder's features of the mel rows, the phone encoder's of the phone rows, or
+        both side by side (``generator.phones``). Windows without phone rows (a model without
+        phones, or a corpus prepared before them) are read as mel alone."""
+        n_mels = self.cfg.audio.n_mels
+        parts = []
+        if self.cfg.phones != "only":
+            parts.append(self.audio_encoder(windows[:, :n_mels]))
+        if self.cfg.phones != "none":
+            if windows.shape[1] != n_mels + N_PHONES:
+                raise ValueError(f"this generator reads phones (generator.phones = {self.cfg.phones!r}): audio windows "
+                                 f"need {n_mels} mel + {N_PHONES} phone rows, got {windows.shape[1]}")
+            parts.append(self.phone_encoder(windows[:, n_mels:]))
+        return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+
     def rest_offsets(self, enc: dict, silence: torch.Tensor, frames: int = 8) -> torch.Tensor:
         """The motion the head predicts for this reference during silence: (B, K, 2).
 
@@ -231,6 +258,10 @@ class Generator(nn.Module):
         a closed, neutral mouth, the head moves any face toward that rest shape when nobody speaks,
         and a smiling portrait's smile closes. Passed as ``forward(rest=...)``, the photo's
         expression becomes the rest instead."""
+        if self.cfg.phones != "none" and silence.shape[1] > self.cfg.audio.n_mels:
+            silence = silence.clone()  # the phone rows say "silence", not the rows' minimum (zeros)
+            silence[:, self.cfg.audio.n_mels:] = 0.0
+            silence[:, self.cfg.audio.n_mels + SIL] = 1.0
         mel = silence[:, None].expand(-1, frames, -1, -1)  # (B, F, n_mels, steps)
         return self.motion(mel, enc)["offsets"][:, -1]
 
@@ -415,7 +446,8 @@ class Generator(nn.Module):
 
 
 RESIDUAL_COLOURS = ("free", "lips", "lips-relative")  # GeneratorConfig.residual_colour
-MOTION_MODULES = ("audio_encoder", "points_in", "gru", "frame_mlp", "motion_head")  # Generator.motion_parameters
+PHONE_INPUTS = ("none", "with-mel", "only")  # GeneratorConfig.phones
+MOTION_MODULES = ("audio_encoder", "phone_encoder", "points_in", "gru", "frame_mlp", "motion_head")  # Generator.motion_parameters
 
 
 def combine_motion_and_renderer(motion: Generator, renderer: Generator) -> Generator:
@@ -423,12 +455,20 @@ def combine_motion_and_renderer(motion: Generator, renderer: Generator) -> Gener
     decoder. Only sound where the renderer draws the landmark motion alone
     (``decoder_input = "motion"``: it never reads the motion half's features), so a motion half
     trained on its own (the trainer's stage 0) can be paired with an existing renderer without
-    training the renderer again. The two configs must be the same."""
+    training the renderer again. The two configs must be the same but for what only the motion
+    half reads (``MOTION_ONLY_FIELDS``: e.g. a motion half that hears phones over a renderer trained
+    under one that did not); the result has ``motion``'s config."""
     if renderer.cfg.decoder_input != "motion":
         raise ValueError("the renderer reads the GRU features (decoder_input = 'gru'): retrain it instead")
-    if motion.cfg != renderer.cfg:
-        raise ValueError("the two generators' configs differ")
-    out = Generator(renderer.cfg)
-    out.load_state_dict(renderer.state_dict())
+    keep = {f: getattr(motion.cfg, f) for f in MOTION_ONLY_FIELDS}
+    if dataclasses.replace(renderer.cfg, **keep) != motion.cfg:
+        raise ValueError("the two generators' configs differ beyond the motion half's "
+                         f"({', '.join(MOTION_ONLY_FIELDS)})")
+    out = Generator(motion.cfg)
+    out.load_state_dict({k: v for k, v in renderer.state_dict().items() if k.split(".")[0] not in MOTION_MODULES},
+                        strict=False)
     out.load_motion_half(motion)
     return out.eval()
+
+
+MOTION_ONLY_FIELDS = ("audio", "phones", "phone_dim")  # GeneratorConfig fields the renderer never reads

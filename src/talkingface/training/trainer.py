@@ -444,7 +444,13 @@ class GeneratorTask:
         g = _bare(self.g)
         g.train()
         enc = g.encode_motion_reference(batch["ref"], batch["ref_points"])
-        m = g.motion(batch["mel"], enc)
+        mel = batch["mel"]  # (B, T, n_mels [+ N_PHONES], steps)
+        if lc.phone_dropout > 0 and g.cfg.phones == "with-mel":
+            # Whole windows without phones, so the mel path alone must carry them (phonetic.phone_track "none").
+            drop = torch.rand(mel.shape[0]) < lc.phone_dropout  # (B,)
+            mel = mel.clone()
+            mel[drop, :, g.cfg.audio.n_mels:] = 0.0
+        m = g.motion(mel, enc)
         loss = losses.l1(m["points"], batch["points"])
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
@@ -465,7 +471,7 @@ class GeneratorTask:
         use_lipread = self.reader is not None and step >= lc.lipread_start
         frozen = lc.freeze_motion and lc.motion_steps > 0
         self.g.train()
-        if frozen:
+        if frozen and hasattr(_bare(self.g), "audio_encoder"):
             _bare(self.g).audio_encoder.eval()  # its batch-norm statistics stay those of stage 0
         if lc.teacher_motion > 0:
             b = batch["mel"].shape[0]
@@ -630,10 +636,13 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
     window = {"generator": cfg.window, "sync": cfg.sync.frames, "lipread": cfg.lip_reader.frames}[cfg.kind]
     log.info("run %s: %d train clips, %d val clips, %s", run.dir, len(train_rows), len(val_rows), cfg.kind)
     motion = uses_motion(cfg)
-    train_clips = load_clips(cfg.corpus, train_rows, data_cfg, progress=progress and rank == 0, motion=motion)
-    val_clips = load_clips(cfg.corpus, val_rows, data_cfg, motion=motion) if val_rows else []
+    # Training hears the recognised phone track, what generate hears without a transcript.
+    phones = "recognised" if cfg.kind == "generator" and cfg.generator.phones != "none" else ""
+    train_clips = load_clips(cfg.corpus, train_rows, data_cfg, progress=progress and rank == 0, motion=motion,
+                             phones=phones)
+    val_clips = load_clips(cfg.corpus, val_rows, data_cfg, motion=motion, phones=phones) if val_rows else []
     sampler = WindowSampler(train_clips, window, augment=cfg.augment, speed=cfg.augment_speed,
-                            voice=cfg.augment_voice)
+                            voice=cfg.augment_voice, n_mels=data_cfg.audio.n_mels)
     val_sampler = WindowSampler(val_clips, window, augment=False) if val_clips else None
     if cfg.keep_best and val_sampler is None:
         raise TalkingFaceError(f"keep_best={cfg.keep_best!r} needs validation clips (split {cfg.val_split!r} is empty)")
