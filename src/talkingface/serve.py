@@ -37,6 +37,7 @@ import numpy as np
 
 from . import api
 from .errors import TalkingFaceError
+from .face import import_mediapipe
 from .media import is_image, n_frames_for, probe_video, read_audio
 
 log = logging.getLogger(__name__)
@@ -380,6 +381,7 @@ def serve(checkpoints: Sequence[str | Path] = (), host: str = DEFAULT_HOST, port
     if limits.max_upload_mb <= 0 or limits.max_audio_seconds <= 0 or concurrency < 1:
         raise TalkingFaceError("--max-upload-mb, --max-audio-seconds and --concurrency must be positive")
     _gradio()  # fail early, before any model is loaded
+    import_mediapipe()  # every request needs it: say so now, not in the page
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up checks, one line per request
     _stop_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="talkingface-serve-"))

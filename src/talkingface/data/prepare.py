@@ -163,7 +163,8 @@ def assign_splits(rows: list[dict], cfg: DataConfig) -> dict[str, str]:
 
 
 def prepare(src: str | Path, out: str | Path, cfg: DataConfig = DataConfig(), progress: bool = True) -> dict:
-    """Prepare every clip under ``src`` into the corpus ``out``. Returns a summary dict."""
+    """Prepare every clip under ``src`` into the corpus ``out``. Returns a summary dict; raises
+    TalkingFaceError when MediaPipe is missing or when no clip could be prepared."""
     from tqdm import tqdm
 
     src, out = Path(src), Path(out)
@@ -172,6 +173,9 @@ def prepare(src: str | Path, out: str | Path, cfg: DataConfig = DataConfig(), pr
     clips = find_clips(src)
     if not clips:
         raise TalkingFaceError(f"{src}: no video files found")
+    from ..face import import_mediapipe
+
+    import_mediapipe()  # missing: one line now, before anything is written, not one failure per clip
     (out / "clips").mkdir(parents=True, exist_ok=True)
     cfg_path = out / "config.json"
     if cfg_path.exists() and json.loads(cfg_path.read_text()) != json.loads(json.dumps(__import__("dataclasses").asdict(cfg))):
@@ -208,6 +212,8 @@ def prepare(src: str | Path, out: str | Path, cfg: DataConfig = DataConfig(), pr
     splits = {s: sorted(c for c, v in split.items() if v == s) for s in ("train", "val", "test")}
     _write_atomic(out / "splits.json", json.dumps(splits, indent=1) + "\n")
     _write_atomic(out / "failures.jsonl", "".join(json.dumps({"clip": c, "reason": r}) + "\n" for c, r in sorted(failures.items())))
+    if failures and not rows:
+        raise TalkingFaceError(_all_failed(failures, out / "failures.jsonl"))
 
     summary = {
         "clips_found": len(clips), "prepared_now": len(jobs) - len(failures), "skipped_existing": skipped,
@@ -217,6 +223,17 @@ def prepare(src: str | Path, out: str | Path, cfg: DataConfig = DataConfig(), pr
         "speakers": dict(Counter(r["speaker"] for r in rows)),
     }
     return summary
+
+
+def _all_failed(failures: dict[str, str], log_path: Path) -> str:
+    """One line for a run in which every clip failed: the commonest reason, and where the rest are."""
+    reason, count = Counter(failures.values()).most_common(1)[0]
+    if count > 1:
+        why = f"{count} of them: {reason}"
+    else:
+        clip, reason = min(failures.items())
+        why = f"e.g. {clip}: {reason}"
+    return f"all {len(failures)} clips failed ({why}); every clip's reason is in {log_path}"
 
 
 def _write_atomic(path: Path, text: str) -> None:
