@@ -240,9 +240,11 @@ def test_audio_frame_features_grid_clip(grid_audio):
 
 
 def test_log_mel_in_blocks_equals_one_pass(grid_audio):
-    # Long audio is processed in blocks to keep memory flat; the result must not change.
+    # Long audio is processed in blocks to keep memory flat; each block sees the same samples.
     whole = log_mel(grid_audio, CFG, block_frames=10**9)
-    assert torch.equal(log_mel(grid_audio, CFG, block_frames=37), whole)
+    # Not bit for bit: each mel value is a 257-term float32 sum whose order BLAS picks by the matrix
+    # width (and CPU), so two orders differ by up to 2 x 257 x 2^-24 = 3e-5 relative, 3e-5 in the log.
+    torch.testing.assert_close(log_mel(grid_audio, CFG, block_frames=37), whole, atol=3e-5, rtol=0)
     assert whole.shape == (CFG.n_mels, len(grid_audio) // CFG.hop_length + 1)
 
 
