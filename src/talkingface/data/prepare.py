@@ -5,6 +5,9 @@ Per clip (``OUT/clips/<speaker>/<name>/``):
   audio.wav   the clip's speech, 16 kHz mono PCM16
   meta.npz    landmarks (T, 478, 2) in crop pixels (NaN where no face was found), found (T,),
               matrices (T, 2, 3) source-frame -> crop transforms, phonemes (T,) (-1 = unknown)
+  phones.npz  the phonetic front end's tracks at 100 Hz (``phonetic``): recognised (M,) without a
+              transcript, the one training and transcript-free inference use, and aligned (M,) to
+              the clip's transcript (all -1 where there is none or it would not align)
   row.json    the clip's manifest row
 and for the corpus: ``manifest.jsonl`` (one row per clip, with its split), ``splits.json``,
 ``failures.jsonl`` and ``config.json``.
@@ -101,9 +104,12 @@ def process_clip(video: Path, speaker: str, out_dir: Path, cfg: DataConfig) -> d
     if abs(audio_s - n / cfg.fps) > 0.2:
         flags.append("audio_video_length_mismatch")
 
+    tracks = phone_tracks(audio, text if ph_source != "none" else "")
+
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    np.savez_compressed(tmp / "phones.npz", **tracks)
     write_video(tmp / "crops.mp4", crops, cfg.fps, crf=16, preset="medium")
     sf.write(tmp / "audio.wav", audio, cfg.audio.sample_rate, subtype="PCM_16")
     np.savez_compressed(
@@ -120,6 +126,36 @@ def process_clip(video: Path, speaker: str, out_dir: Path, cfg: DataConfig) -> d
     (tmp / "row.json").write_text(json.dumps(row) + "\n")
     os.replace(tmp, out_dir)
     return row
+
+
+def phone_tracks(audio: np.ndarray, text: str) -> dict[str, np.ndarray]:
+    """The phonetic front end's two tracks of a clip's 16 kHz speech (see the module docstring)."""
+    from .. import phonetic
+
+    rec = phonetic.recognise(audio)
+    al = phonetic.align(audio, text) if text else None
+    return {"recognised": rec.astype(np.int16),
+            "aligned": (al if al is not None else np.full_like(rec, -1)).astype(np.int16)}
+
+
+def add_phone_tracks(clip_dir: Path, row: dict) -> None:
+    """Write ``phones.npz`` into a clip prepared before the phonetic front end existed (atomic)."""
+    import soundfile as sf
+
+    audio, _ = sf.read(clip_dir / "audio.wav", dtype="float32")
+    text = row["sentence"] if row.get("phoneme_source", "none") != "none" else ""
+    tmp = clip_dir / "phones.partial.npz"
+    np.savez_compressed(tmp, **phone_tracks(audio, text))
+    os.replace(tmp, clip_dir / "phones.npz")
+
+
+def _add_phones_work(job) -> tuple[str, str | None]:
+    clip_dir, row = job
+    try:
+        add_phone_tracks(clip_dir, row)
+        return row["clip"], None
+    except Exception as e:  # a clip without phones is read as mel alone; never end the run
+        return row["clip"], f"{type(e).__name__}: {e}".splitlines()[0]
 
 
 def _worker_init() -> None:
@@ -205,6 +241,16 @@ def prepare(src: str | Path, out: str | Path, cfg: DataConfig = DataConfig(), pr
     elapsed = time.time() - t0
 
     rows = [json.loads(p.read_text()) for p in sorted((out / "clips").glob("*/*/row.json"))]
+    # Clips prepared before the phonetic front end existed get its tracks now (resumable too).
+    missing = [(out / "clips" / r["clip"], r) for r in rows if not (out / "clips" / r["clip"] / "phones.npz").exists()]
+    if missing:
+        log.info("%d clips without phone tracks: adding them", len(missing))
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(max(1, min(cfg.workers, len(missing))), initializer=_worker_init) as pool:
+            it = pool.imap_unordered(_add_phones_work, missing)
+            for cid, reason in tqdm(it, total=len(missing), desc="phones", unit="clip", disable=not progress):
+                if reason is not None:
+                    log.warning("%s: no phone tracks: %s", cid, reason)
     split = assign_splits(rows, cfg)
     for r in rows:
         r["split"] = split[r["clip"]]
