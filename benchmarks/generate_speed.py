@@ -5,6 +5,11 @@ speech on a ~1080p photo and for dubbing a 30 s 720p video, model-only frames/s,
 clip, measured in a fresh process. Real-time factor = speech duration / wall time (>1 = faster
 than real time).
 
+Absolute figures depend on the CPU, so two same-session references are printed beside them, with
+the CPU's model name: a fixed torch workload (a 1024x1024 float32 matmul loop, GFLOP/s), and the
+generator of the peer Wav2Lip (its architecture with random weights, `wav2lip_reference.py`) timed
+exactly as ours (batches of 50 frames, same threads, float32, inference mode), as a ratio.
+
     python benchmarks/generate_speed.py [--checkpoint C] [--precision auto|fp32|bf16] [--long-minutes 10] [--skip-long] [--skip-short]
 """
 
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -21,6 +27,48 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+ROUNDS = 3  # model-only timings: ours and the reference alternate, best round of each
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as lscpu prints it (from /proc/cpuinfo on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def matmul_gflops(n: int = 1024, seconds: float = 1.0) -> float:
+    """A fixed machine-speed reference: float32 (n x n) @ (n x n) in a loop for about ``seconds``."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    torch.mm(a, b)  # warm-up
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.mm(a, b)
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def ours_frames_per_second(g, mel, enc, dtype=None, batch: int = 50, chunks: int = 10) -> float:
+    """Our generator alone: one warm-up chunk, then ``chunks`` chunks of ``batch`` frames carrying
+    the recurrent state on, as `generate` runs it."""
+    import torch
+
+    from talkingface.audio import frame_windows
+
+    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        g(frame_windows(mel, batch)[None], enc)  # warm-up
+        t0 = time.perf_counter()
+        state = None
+        for s in range(0, batch * chunks, batch):
+            state = g(frame_windows(mel, batch, first=s)[None], enc, state=state, crops=False)["state"]
+        return batch * chunks / (time.perf_counter() - t0)
 
 
 def make_inputs(tmp: Path, seconds: float) -> tuple[Path, Path]:
@@ -75,10 +123,12 @@ def main() -> None:
     import torch
 
     from talkingface import api
-    from talkingface.audio import frame_windows, log_mel, normalize_utterance
+    from talkingface.audio import log_mel, normalize_utterance
     from talkingface.media import read_audio
 
-    print(f"torch threads: {torch.get_num_threads()}, cpu count: {os.cpu_count()}, precision: {args.precision}")
+    cpu = cpu_model()
+    print(f"CPU: {cpu}; torch threads: {torch.get_num_threads()}, cpu count: {os.cpu_count()}, precision: {args.precision}")
+    print(f"machine reference: 1024x1024 float32 matmul loop: {matmul_gflops():.0f} GFLOP/s")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         photo, speech = make_inputs(tmp, 30.0)
@@ -101,15 +151,21 @@ def main() -> None:
             dtype = compute_dtype("auto")
             print(f"precision auto on this CPU: {'bfloat16' if dtype else 'float32'}")
             enc = g.encode_reference(crop_to_tensor(np.zeros((128, 128, 3), np.uint8)), torch.full((1, 69, 2), 0.5))
-            for name, dt in [("float32", None)] + ([("bfloat16", dtype)] if dtype else []):
-                with torch.no_grad(), torch.autocast("cpu", dtype=dt or torch.bfloat16, enabled=dt is not None):
-                    g(frame_windows(mel, 50)[None], enc)  # warm-up
-                    t0 = time.time()
-                    state, n = None, 0
-                    for s in range(0, 500, 50):
-                        out = g(frame_windows(mel, 50, first=s)[None], enc, state=state, crops=False)
-                        state, n = out["state"], n + 50
-                    print(f"model only, {name}: {n / (time.time() - t0):.0f} frames/s (chunks of 50)")
+            # Ours and the Wav2Lip-architecture reference alternate, so a busy moment on the machine
+            # does not fall on one of them only; each keeps its best round.
+            import wav2lip_reference
+
+            ours, peer = [], []
+            for _ in range(ROUNDS):
+                ours.append(ours_frames_per_second(g, mel, enc))
+                peer.append(wav2lip_reference.frames_per_second(batch=50, chunks=10))
+            x, y = max(ours), max(peer)
+            print(f"model only, float32: {x:.0f} frames/s (chunks of 50, best of {ROUNDS})")
+            if dtype is not None:
+                print(f"model only, bfloat16: {ours_frames_per_second(g, mel, enc, dtype):.0f} frames/s (chunks of 50)")
+            print(f"ours: {x:.0f} frames/s, Wav2Lip-architecture: {y:.1f} frames/s, ratio {x / y:.1f} on {cpu} "
+                  f"(float32, batches of 50 frames, {torch.get_num_threads()} threads, "
+                  f"{wav2lip_reference.n_parameters(wav2lip_reference.Wav2LipGenerator()) / 1e6:.1f} M parameters, random weights)")
 
             if dtype is not None:  # what bf16 changes in the output, against float32
                 clip = make_inputs(tmp, 4.0)
