@@ -94,3 +94,43 @@ def uniform_png(path, width: int, height: int, value: int = 128):
 def huge_png(tmp_path_factory):
     """A uniform 13000 x 13000 RGB PNG (~0.5 MB; 0.5 GB decoded)."""
     return uniform_png(tmp_path_factory.mktemp("huge_png") / "huge.png", 13000, 13000)
+
+
+class CountingContainer:
+    """A PyAV container that counts the frames its ``decode`` hands out (``av`` containers take
+    no new attributes, so this wraps one)."""
+
+    def __init__(self, container, path):
+        self.container, self.path, self.decoded = container, Path(path), 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.container.__exit__(*exc)
+
+    def __getattr__(self, name):
+        return getattr(self.container, name)
+
+    def decode(self, *args, **kwargs):
+        for frame in self.container.decode(*args, **kwargs):
+            self.decoded += 1
+            yield frame
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The containers ``talkingface.media`` opens from now on (a list of ``CountingContainer``s,
+    in order), each counting its decoded frames."""
+    import av
+
+    from talkingface import media
+
+    opened = []
+
+    def _open(path):
+        opened.append(CountingContainer(av.open(str(path), metadata_errors="ignore"), path))
+        return opened[-1]
+
+    monkeypatch.setattr(media, "_open", _open)
+    return opened

@@ -35,6 +35,7 @@ from talkingface.errors import TalkingFaceError
 from talkingface.media import is_image, read_video, write_video
 from talkingface.models.generator import Generator
 from talkingface.serve import (
+    Cancelled,
     Limits,
     Service,
     check_audio,
@@ -119,7 +120,8 @@ def test_check_audio(assets, tmp_path):
     assert check_audio(assets / "speech.wav", 10) == pytest.approx(0.4, abs=0.01)
     cases = {
         "silence.wav": (assets / "silence.wav", 10, r"^silence\.wav: the audio is silent$"),
-        "too long": (assets / "speech.wav", 0.25, r"^speech\.wav: the audio is 0\.4 s long; this server takes at most 0\.25 s$"),
+        "too long": (assets / "speech.wav", 0.25, r"^speech\.wav: the audio is longer than the 0\.25 s accepted$"),
+        "far too long": (assets / "speech.wav", 0.1, r"^speech\.wav: the audio is 0\.4 s long; at most 0\.1 s is accepted$"),
         "too short": (_tiny_wav(tmp_path / "blip.wav"), 10, r"^blip\.wav: the audio is too short \(10 ms\)"),
         "text": (assets / "notes.jpg", 10, r"^notes\.jpg: (cannot be read as media|has no audio track)"),
         "video without sound": (assets / "clip.mp4", 10, r"^clip\.mp4: has no audio track$"),
@@ -193,8 +195,10 @@ def test_service_face_by_content_and_video(service, assets, tmp_path):
     assert os.listdir(service.tmp) == []  # intermediates gone
 
 
-@pytest.mark.parametrize("case", ["no face", "not an image", "silent", "too long", "too large", "checkpoint", "articulation"])
-def test_service_errors_are_one_readable_line(service, assets, tmp_path, case):
+@pytest.mark.parametrize("case", ["no face", "not an image", "silent", "too long", "hours long", "too large",
+                                  "too many pixels", "checkpoint", "articulation", "keep_expression"])
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's own, from its header check
+def test_service_errors_are_one_readable_line(service, assets, tmp_path, case, long_opus, huge_png):
     upload = tmp_path / "cache" / "0f3c387bb499"  # where Gradio keeps an upload, under its own name
     upload.mkdir(parents=True)
     face, audio, ckpt = upload / "face.png", upload / "speech.wav", None
@@ -212,7 +216,13 @@ def test_service_errors_are_one_readable_line(service, assets, tmp_path, case):
     elif case == "too long":
         sf.write(upload / "long.wav", np.tile(sf.read(assets / "speech.wav")[0], 15), SR)  # 6 s
         audio = upload / "long.wav"
-        expected = "long.wav: the audio is 6.0 s long; this server takes at most 5 s"
+        expected = "long.wav: the audio is longer than the 5 s accepted"
+    elif case == "hours long":  # 3.4 MB of Opus, refused from its header: nothing is decoded
+        audio = _copy(long_opus(7200), upload / "talk.ogg")
+        expected = "talk.ogg: the audio is 7200.0 s long; at most 5 s is accepted"
+    elif case == "too many pixels":  # 0.5 MB of PNG, 0.5 GB of pixels: refused from its header
+        face = _copy(huge_png, upload / "poster.png")
+        expected = "poster.png: too large: 13000 x 13000 (at most 40 megapixels)"
     elif case == "too large":
         face.write_bytes(face.read_bytes() + b"\0" * (1 << 20))
         expected = f"face.png: {face.stat().st_size / 2**20:.1f} MB is too large; uploads are limited to 1 MB"
@@ -222,10 +232,69 @@ def test_service_errors_are_one_readable_line(service, assets, tmp_path, case):
     articulation = "loud" if case == "articulation" else 1.0
     if case == "articulation":
         expected = "articulation must be a number between 0 and 3, not 'loud'"
+    keep_expression = "no" if case == "keep_expression" else True  # a string is not a boolean, whatever it says
+    if case == "keep_expression":
+        expected = "keep_expression must be true or false, not 'no'"
+    if case == "hours long":
+        service.limits = Limits(max_upload_mb=4, max_audio_seconds=5)  # the upload's size is not what refuses it
     with pytest.raises(TalkingFaceError) as e:
-        service.make(face, audio, ckpt, "s1", articulation=articulation)
+        service.make(face, audio, ckpt, "s1", articulation=articulation, keep_expression=keep_expression)
     assert str(e.value) == expected
+    assert str(tmp_path) not in str(e.value) and str(service.work) not in str(e.value)
     assert list(service.sessions.rglob("*.mp4")) == []
+
+
+def test_service_reads_a_long_face_video_only_as_far_as_the_speech(service, assets, tmp_path, counted):
+    """30 s of face video for 0.4 s of speech: the video's decoder hands out the 10 frames the
+    speech needs (and the one after), not 750."""
+    frames, _ = read_video(GRID, sample_rate=None)
+    long = tmp_path / "long.mp4"
+    write_video(long, (frames[k % len(frames)] for k in range(750)))
+    service.limits = Limits(max_upload_mb=10, max_audio_seconds=5)
+    counted.clear()
+    r = service.make(long, assets / "speech.wav", session="dub")
+    assert r.frames == 10
+    reads = [c.decoded for c in counted if c.path.name == "long.mp4"]
+    assert reads == [2, 11], reads  # face_kind: the first frame (and the next); dubbing: 10 frames and the next
+
+
+def test_service_job_stops_when_its_client_is_gone(service, assets):
+    seen = []
+    with pytest.raises(Cancelled):
+        service.make(assets / "face.png", assets / "speech.wav", session="gone", on_progress=lambda d, t: seen.append(d),
+                     gone=lambda: len(seen) >= 3)
+    assert seen == [0, 1, 2]  # stopped at the next frame
+    assert list(service.sessions.rglob("*.mp4")) == [] and service.running() == 0
+
+
+def test_service_page_closed_while_a_job_writes_keeps_its_folder_until_it_ends(service, assets):
+    """The page's goodbye stops the session's job, and the folder it writes into is removed only
+    once the job has ended (removing it under the job made it fail with a traceback)."""
+    folders = []
+
+    def progress(done, total):
+        if done == 2:
+            assert service.running("closing") == 1
+            service.forget("closing")  # the page is closed (Gradio's unload), in the middle of the job
+            folders.extend(service.sessions.glob("closing/*"))
+            assert folders and all(f.is_dir() for f in folders)  # still there for the job
+
+    with pytest.raises(Cancelled):
+        service.make(assets / "face.png", assets / "speech.wav", session="closing", on_progress=progress)
+    assert not (service.sessions / "closing").exists() and service.running() == 0
+    # a session without a running job goes at once; one whose job finished keeps nothing either
+    r = service.make(assets / "face.png", assets / "speech.wav", session="later")
+    service.forget("later")
+    assert not r.video.exists()
+
+
+def test_service_sweep_spares_the_folder_of_a_running_job(service, assets):
+    def progress(done, total):
+        if done == 5:
+            service.sweep(now=time.time() + service.keep_s + 10)  # another request sweeps, long after this one began
+
+    r = service.make(assets / "face.png", assets / "speech.wav", session="slow", on_progress=progress)
+    assert r.video.exists()
 
 
 def test_service_sweep_removes_old_outputs(service, assets):
@@ -242,8 +311,8 @@ def test_service_sweep_removes_old_outputs(service, assets):
 
 def test_serve_arguments_and_defaults():
     a = build_parser().parse_args(["serve"])
-    assert (a.host, a.port, a.checkpoint, a.max_upload_mb, a.max_audio_seconds, a.concurrency) == \
-        ("127.0.0.1", 7860, [], 50.0, 120.0, 1)
+    assert (a.host, a.port, a.checkpoint, a.max_upload_mb, a.max_audio_seconds, a.concurrency, a.max_queued_per_client) == \
+        ("127.0.0.1", 7860, [], 50.0, 120.0, 1, 2)
     a = build_parser().parse_args(["serve", "--checkpoint", "a.pt", "--checkpoint", "b.pt", "--port", "8000"])
     assert a.checkpoint == ["a.pt", "b.pt"] and a.port == 8000
 
@@ -360,6 +429,126 @@ def test_server_api_errors_are_readable(server, assets):
     with pytest.raises(AppError, match=r"^notes\.jpg: not an image or a video \(it cannot be read as either\)$"):
         client.predict(handle_file(str(assets / "notes.jpg")), handle_file(str(assets / "speech.wav")), None,
                        api_name="/generate")
+
+
+def test_server_api_options_are_typed(server, assets):
+    """Options of the wrong type or out of range are refused before the request is queued, each
+    with a line saying what was wrong (a string is not a boolean; a word is not a number)."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import ValidationError
+
+    client = Client(server.url, verbose=False)
+    face, speech = handle_file(str(assets / "face.png")), handle_file(str(assets / "speech.wav"))
+    cases = [("tiny.pt", 1.0, "no", r"keep_expression: keep_expression must be true or false, not 'no'"),
+             ("tiny.pt", "loud", True, r"articulation: articulation must be a number between 0 and 3, not 'loud'"),
+             ("tiny.pt", 7, True, r"articulation: articulation must be a number between 0 and 3, not 7"),
+             ("/etc/passwd", 1.0, True, r"checkpoint: /etc/passwd: not one of this server's checkpoints")]
+    for checkpoint, articulation, keep, message in cases:
+        with pytest.raises(ValidationError, match=message) as e:
+            client.predict(face, speech, checkpoint, articulation, keep, api_name="/generate")
+        assert str(server.work) not in str(e.value)
+    video, status = client.predict(face, speech, "tiny.pt", 1.0, False, api_name="/generate")
+    assert status.startswith("Done: 10 frames") and str(server.work) not in status
+
+
+def _server_log(server, since: int = 0) -> str:
+    return (server.logs / "stderr.log").read_text()[since:]
+
+
+def _wait_log(server, since: int, pattern: str, count: int = 1, timeout: float = 120.0) -> str:
+    deadline = time.monotonic() + timeout
+    while len(re.findall(pattern, text := _server_log(server, since))) < count:
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {count} x {pattern!r} in the server log:\n{text}")
+        time.sleep(0.1)
+    return text
+
+
+def _rest_upload(url: str, *paths) -> list[dict]:
+    import httpx
+
+    files = [("files", (Path(p).name, Path(p).read_bytes())) for p in paths]
+    uploaded = httpx.post(f"{url}gradio_api/upload", files=files, timeout=30).json()
+    return [{"path": u, "meta": {"_type": "gradio.FileData"}} for u in uploaded]
+
+
+def test_server_cancels_the_jobs_of_clients_that_left(server, tmp_path):
+    """Three clients leave while their video is being made: one cancels (gradio_client's
+    ``job.cancel``), one dies (its process is killed), one closes its result stream (the REST
+    API). Each job stops, nothing is written, the log has no traceback, the next request is served."""
+    import httpx
+    from gradio_client import Client, handle_file
+
+    since = len(_server_log(server))
+    args = (handle_file(str(PORTRAIT)), handle_file(str(SPEECH)), "talkingface.pt")
+    # 1. cancelled
+    job = Client(server.url, verbose=False).submit(*args, api_name="/generate")
+    _wait_log(server, since, r"generating portrait\.jpg", 1)
+    time.sleep(1.0)  # into the frames
+    job.cancel()
+    _wait_log(server, since, r"cancelled: the client went away", 1, 30)
+    # 2. killed
+    code = (f"from gradio_client import Client, handle_file; import time\n"
+            f"Client({server.url!r}, verbose=False).submit(handle_file({str(PORTRAIT)!r}), handle_file({str(SPEECH)!r}), "
+            f"'talkingface.pt', api_name='/generate')\ntime.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        _wait_log(server, since, r"generating portrait\.jpg", 2)
+        time.sleep(1.0)
+    finally:
+        proc.kill()
+        proc.wait()
+    _wait_log(server, since, r"cancelled: the client went away", 2, 30)
+    # 3. the result stream closed (the stream sends nothing while the frames are made: a read timeout ends it)
+    face, speech = _rest_upload(server.url, PORTRAIT, SPEECH)
+    event = httpx.post(f"{server.url}gradio_api/call/generate", json={"data": [face, speech, "talkingface.pt", 1.0, True]},
+                       timeout=30).json()["event_id"]
+    with pytest.raises(httpx.ReadTimeout):
+        with httpx.stream("GET", f"{server.url}gradio_api/call/generate/{event}", timeout=httpx.Timeout(30, read=3)) as r:
+            for _ in r.iter_lines():
+                pass
+    text = _wait_log(server, since, r"cancelled: the client went away", 3, 30)
+    assert "portrait-talking.mp4" not in text and "Traceback" not in text and "generation failed" not in text, text
+    # the next request is fine, and nothing of the three is left
+    video, status = Client(server.url, verbose=False, download_files=str(tmp_path)).predict(
+        handle_file(str(PORTRAIT)), handle_file(str(SPEECH)), "tiny.pt", api_name="/generate")
+    assert status.startswith("Done: 128 frames")
+    assert list((server.work / "sessions").rglob(".*.mp4")) == [] and list((server.work / "tmp").iterdir()) == []
+
+
+def test_server_refuses_a_clients_requests_beyond_its_share(server, assets):
+    """At most 2 requests of one client wait or run at a time; the rest are refused with a line
+    that says why, at once, whether the client has a session (gradio_client) or not (REST, by
+    address), while another client's request is served."""
+    import httpx
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import ValidationError
+
+    share = r"this client already has 2 requests waiting or running, and the server takes at most 2 at a time"
+    greedy = Client(server.url, verbose=False)
+    args = (handle_file(str(assets / "face.png")), handle_file(str(SPEECH)), "tiny.pt")
+    jobs = [greedy.submit(*args, api_name="/generate") for _ in range(4)]
+    outcomes = []
+    for job in jobs:
+        try:
+            outcomes.append(job.result(timeout=120)[1][:5])
+        except ValidationError as e:
+            assert re.search(share, str(e)), str(e)
+            outcomes.append("refused")
+    assert sorted(outcomes) == ["Done:", "Done:", "refused", "refused"], outcomes
+    # without a session: counted by address
+    face, speech = _rest_upload(server.url, assets / "face.png", SPEECH)
+    replies = [httpx.post(f"{server.url}gradio_api/call/generate", json={"data": [face, speech, "tiny.pt", 1.0, True]},
+                          timeout=30) for _ in range(4)]
+    assert [r.status_code for r in replies] == [200, 200, 422, 422], [r.text for r in replies]
+    assert re.search(share, replies[2].json()["detail"][0]["message"])
+    honest = Client(server.url, verbose=False).predict(handle_file(str(assets / "face.png")),
+                                                       handle_file(str(assets / "speech.wav")), "tiny.pt",
+                                                       api_name="/generate")
+    assert honest[1].startswith("Done: 10 frames")
+    for r in replies[:2]:  # read the two that were let in, to their end
+        with httpx.stream("GET", f"{server.url}gradio_api/call/generate/{r.json()['event_id']}", timeout=120) as stream:
+            assert "event: complete" in "\n".join(stream.iter_lines())
 
 
 # -- the page, in headless Chromium
@@ -509,3 +698,30 @@ def test_browser_bad_upload_shows_a_readable_message(browser, server, assets, tm
         assert 'exceed the maximum allowed size of 2.0 Mb: "huge.jpg"' in _toasts(browser)
     assert "Traceback" not in browser.page_source
     browser.save_screenshot(str(tmp_path / "error.png"))
+
+
+@pytest.mark.browser
+def test_browser_closing_the_page_stops_its_job(browser, server):
+    """The page is closed while its video is being made: the job stops (no traceback, nothing
+    written) and the session's folder goes once it has; the next page is served as usual."""
+    By = _page(browser, server.url)
+    _upload(browser, PORTRAIT, SPEECH)
+    time.sleep(1)  # the uploads finish
+    since = len(_server_log(server))
+    sessions_before = set((server.work / "sessions").iterdir())
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+    _wait(browser, lambda d: any(re.search(r"[1-9]\d*/128 frames", t) for t in _progress(d)), 120, 0.1)
+    (session,) = set((server.work / "sessions").iterdir()) - sessions_before  # its job writes in there
+    browser.get("about:blank")
+    text = _wait_log(server, since, r"cancelled: the client went away", 1, 30)
+    deadline = time.monotonic() + 30
+    while session.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not session.exists()
+    assert "Traceback" not in text and "generation failed" not in text and "portrait-talking.mp4" not in text, text
+    By = _page(browser, server.url)
+    _upload(browser, PORTRAIT, SPEECH)
+    time.sleep(1)
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+    status, _ = _wait(browser, lambda d: (s := _status(d)).startswith(("Done", "Error")) and s, 180)
+    assert status.startswith("Done: 128 frames"), status

@@ -129,8 +129,8 @@ def cmd_generate(args) -> int:
 def cmd_serve(args) -> int:
     from .serve import Limits, serve
 
-    return serve(args.checkpoint, args.host, args.port, Limits(args.max_upload_mb, args.max_audio_seconds),
-                 args.concurrency, args.device)
+    return serve(args.checkpoint, args.host, args.port,
+                 Limits(args.max_upload_mb, args.max_audio_seconds, args.max_queued_per_client), args.concurrency, args.device)
 
 
 DEFAULT_LIP_READER = "checkpoints/lip_reader.pt"
@@ -230,7 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", action="append", default=[],
                    help="generator checkpoint (repeatable: the page offers a choice; default: the shipped one)")
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest photo, video or audio upload")
-    p.add_argument("--max-audio-seconds", type=float, default=120.0, help="longest speech accepted")
+    p.add_argument("--max-audio-seconds", type=float, default=120.0,
+                   help="longest speech accepted (refused from its header, or where decoding passes it); "
+                        "also how much of a face video is read")
+    p.add_argument("--max-queued-per-client", type=int, default=2,
+                   help="requests one client (page or API session) may have waiting or running; more are refused")
     p.add_argument("--concurrency", type=int, default=1, help="generations run at once; more requests wait in a queue")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.set_defaults(func=cmd_serve)

@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 MAX_PIXELS = 40_000_000  # a photo or video frame: 40 megapixels (7744 x 5163) decode to ~120 MB RGB
 
 
+class TooLarge(TalkingFaceError):
+    """A picture or video frame over the pixel limit, refused from its header."""
+
+
 def _check_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
@@ -190,7 +194,7 @@ def iter_video(path: str | Path, fps: float = 25.0, max_frames: int | None = Non
         stream = container.streams.video[0]
         w, h = stream.codec_context.width, stream.codec_context.height
         if w * h > max_pixels:
-            raise TalkingFaceError(f"{path}: too large: {w} x {h} video frames (at most {max_pixels / 1e6:g} megapixels)")
+            raise TooLarge(f"{path}: too large: {w} x {h} video frames (at most {max_pixels / 1e6:g} megapixels)")
         stream.thread_type = "AUTO"
         rate = float(stream.average_rate or stream.guessed_rate or fps)
         max_decoded = None if max_frames is None else 50 * max_frames + 250
@@ -213,10 +217,10 @@ def iter_video(path: str | Path, fps: float = 25.0, max_frames: int | None = Non
                 if prev is not None:
                     # Every output time before this frame's timestamp belongs to the previous frame.
                     while k / fps < t - 1e-6:
-                        if k == max_frames:
-                            return
                         yield prev
                         k += 1
+                        if k == max_frames:
+                            return
                 prev = frame.to_ndarray(format="rgb24")
                 prev_t = t
         except av.FFmpegError as e:
@@ -278,7 +282,7 @@ def open_image(path: str | Path, max_pixels: int = MAX_PIXELS):
     use), refused when it holds more than ``max_pixels``: "too large: W x H". A JPEG over the
     limit is set to decode at the smallest of 1/2, 1/4, 1/8 scale that fits (its DCT scaling:
     costs a fraction of a full decode), so a 48 MP phone photo still reads.
-    Not an image at all: "cannot be read as an image"."""
+    Not an image at all: "cannot be read as an image"; too large: ``TooLarge``."""
     from PIL import Image, UnidentifiedImageError
 
     path = _check_file(path)
@@ -286,8 +290,7 @@ def open_image(path: str | Path, max_pixels: int = MAX_PIXELS):
     try:
         im = Image.open(path)
     except Image.DecompressionBombError:  # Pillow's own refusal, from the header too
-        raise TalkingFaceError(f"{path}: too large: over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels "
-                               f"({limit})") from None
+        raise TooLarge(f"{path}: too large: over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels ({limit})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise TalkingFaceError(f"{path}: cannot be read as an image ({_short(e)})") from None
     with im:
@@ -297,7 +300,7 @@ def open_image(path: str | Path, max_pixels: int = MAX_PIXELS):
             im.draft(im.mode, (w // scale, h // scale))
             log.info("%s: %d x %d decoded at 1/%d scale (%d x %d)", path, w, h, scale, *im.size)
         if im.size[0] * im.size[1] > max_pixels:
-            raise TalkingFaceError(f"{path}: too large: {w} x {h} ({limit})")
+            raise TooLarge(f"{path}: too large: {w} x {h} ({limit})")
         yield im
 
 
