@@ -201,6 +201,8 @@ def prepare_inputs(face: str | Path, audio: str | Path, crop_size: int, fps: flo
     ref_points = (transform_points(m, lm)[LOWER_FACE] / crop_size).astype(np.float32)
 
     mel = normalize_utterance(log_mel(speech, audio_cfg))
+    if text and not phones:
+        log.warning("this model does not hear phones (generator.phones = none): the text is not used")
     if phones:
         track, how = phone_track(speech, text, language)
         log.info("phones: %s (%.0f%% of the speech's steps outside silence)", how,

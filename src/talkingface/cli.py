@@ -118,10 +118,19 @@ def cmd_train(args) -> int:
 def cmd_generate(args) -> int:
     from . import api
 
+    text = args.text
+    if args.text_file:
+        from pathlib import Path
+
+        try:
+            text = Path(args.text_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise TalkingFaceError(f"{args.text_file}: cannot read the transcript: {e}") from e
     model = api.load_model(args.checkpoint, args.device)
     out = api.generate(args.face, args.audio, args.out, model=model, fps=args.fps, face_index=args.face_index,
                        chunk=args.chunk, seed=args.seed, progress=not args.quiet, crf=args.crf, preset=args.preset, precision=args.precision,
-                       articulation=args.articulation, keep_expression=args.keep_expression)
+                       articulation=args.articulation, keep_expression=args.keep_expression, text=text,
+                       language=args.language)
     print(f"wrote {out}")
     return 0
 
@@ -156,7 +165,8 @@ def cmd_evaluate(args) -> int:
     res = evaluate(args.checkpoint, args.corpus, args.split, args.sync_model, out, args.max_clips, progress=not args.quiet,
                    lip_reader=_model_or_default(args.lip_reader, DEFAULT_LIP_READER), articulations=tuple(args.articulation),
                    keep_expression=args.keep_expression,
-                   landmark_sync_model=_model_or_default(args.landmark_sync_model, DEFAULT_LANDMARK_SYNC))
+                   landmark_sync_model=_model_or_default(args.landmark_sync_model, DEFAULT_LANDMARK_SYNC),
+                   phones=args.phones)
     if args.portraits and args.speech:
         from .evaluation.evaluate import evaluate_stills, stills_report
 
@@ -221,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-expression", action=argparse.BooleanOptionalAction, default=True,
                    help="keep the photo's own mouth (a smile, parted lips) between words (default); "
                         "--no-keep-expression closes it to the neutral rest the model learnt (README \"Expression\")")
+    words = p.add_mutually_exclusive_group()
+    words.add_argument("--text", help="what the speech says: its phones are force-aligned to it instead of recognised "
+                                      "(models that hear phones; a text that does not match is a warning)")
+    words.add_argument("--text-file", metavar="FILE", help="the same, read from a UTF-8 text file")
+    p.add_argument("--language", default="en",
+                   help="the speech's language (default en); phones are recognised for English only, other "
+                        "languages drive the lips from the audio alone")
     common(p, config=False)
     p.set_defaults(func=cmd_generate)
 
@@ -274,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"identity-independent sync measure: *_lm columns and calibration (default: {DEFAULT_LANDMARK_SYNC} "
                    "when present; '' = none)")
     p.add_argument("--max-clips", type=int, default=0, help="evaluate at most this many clips (0 = all)")
+    p.add_argument("--phones", choices=("recognised", "aligned"), default="recognised",
+                   help="the phone track checkpoints that hear phones get: recognised without a transcript "
+                        "(default, as generate without --text) or aligned to the clip's transcript")
     p.add_argument("--articulation", type=_articulation, nargs="+", default=[1.0], metavar="A",
                    help="evaluate every checkpoint at each of these articulations (rows named 'NAME xA'; default 1)")
     p.add_argument("--keep-expression", action=argparse.BooleanOptionalAction, default=True,
