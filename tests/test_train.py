@@ -711,3 +711,73 @@ def test_generator_hearing_phones_trains_on_the_recognised_track(corpus, tmp_pat
     assert (per_window == 0).any() and (per_window > 0).any()  # some windows blanked, some not
     kept = rows[per_window > 0]
     assert torch.all(kept.sum(2) <= 1.0 + 1e-6)  # at most one phone per step: one-hot (or padding)
+
+
+def test_phone_classifier_trains_on_voices_and_its_encoder_stays_frozen_in_the_generator(corpus, tmp_path, monkeypatch):
+    """kind = "phones": the classifier learns from a voices folder (its *test* folder = validation)
+    and the corpus's clips, the recognised tracks are kept in the run folder and not recognised
+    again, and a generator with audio_pretrained starts from its encoder and never changes it
+    (weights and batch-norm statistics), while the rest of the motion half learns."""
+    pytest.importorskip("pocketsphinx")
+    import soundfile as sf
+
+    from talkingface.audio import audio_frame_features
+    from talkingface.config import AudioEncoderConfig
+    from talkingface.errors import TalkingFaceError
+    from talkingface.inference import load_generator
+    from talkingface.media import read_audio
+    from talkingface.models.generator import Generator
+    from talkingface.models.phone_classifier import OFFSETS, PhoneClassifier
+    from talkingface.phonetic import one_hot
+    from talkingface.training import phones as P
+    from talkingface.training.checkpoint import load_model
+
+    audio = read_audio(DATA / "grid/s1/bbaf2n.mp4")
+    voices = tmp_path / "voices"
+    for sub, gain in (("train-clean/a", 0.5), ("train-clean/b", 1.0), ("test-other/c", 0.8)):
+        (voices / sub).mkdir(parents=True)
+        sf.write(voices / sub / "x.flac", audio * gain, 16000)
+    overrides = _overrides(corpus, 'kind="phones"', f'voices="{voices}"', "steps=4", "batch_size=16",
+                           "log_every=2", "val_every=2")
+    run = Path(train(load_config(TrainConfig, None, overrides), tmp_path / "phones", progress=False))
+    clf, clf_cfg, meta = load_model(run / "phone_classifier.pt", "phone_classifier", PhoneClassifier, AudioEncoderConfig)
+    assert meta["voice_files"] == 2 and meta["corpus_clips"] == 1 and 0 <= meta["val_acc"] <= 1
+    logits = clf(audio_frame_features(audio, 10)[:, :80])
+    assert logits.shape == (10, len(OFFSETS), 40) and torch.isfinite(logits).all()
+    assert len(np.load(run / "voices-phones.npz").files) == 3  # the three files' tracks, by content
+
+    # The labels are the track's phones at the offsets from each window's centre.
+    track = np.zeros(400, np.int64)
+    track[150:160] = 7
+    w = audio_frame_features(np.zeros(64000, np.float32), 100, rows=one_hot(track))  # (100, 120, 35)
+    _, labels = P.labelled_windows(w, 80)
+    frame = 62  # centre at step floor(62.5 * 4) = 250: no phone 7 near it
+    assert (labels[frame] == 0).all()
+    frame = 38  # centre at step 154: phone 7 at the centre (and +-4 steps), silence at +-8
+    assert labels[frame].tolist() == [0, 7, 7, 7, 0]
+
+    # Run again over the same voices: nothing is recognised a second time.
+    monkeypatch.setattr(P, "recognise", lambda a: (_ for _ in ()).throw(AssertionError("recognised again")))
+    (tmp_path / "again").mkdir()
+    shutil.copy(run / "voices-phones.npz", tmp_path / "again" / "voices-phones.npz")
+    train(load_config(TrainConfig, None, overrides + ["steps=1"]), tmp_path / "again", progress=False)
+
+    cfg = load_config(TrainConfig, None, _overrides(
+        corpus, "steps=3", "loss.motion_steps=3", "loss.motion_batch_size=8", 'generator.phones="with-mel"',
+        "generator.audio_pretrained=true", f'audio_encoder_checkpoint="{run / "phone_classifier.pt"}"',
+        "val_every=100", "ckpt_every=100", "log_every=1", 'generator.decoder_input="motion"'))
+    g = load_generator(Path(train(cfg, tmp_path / "gen", progress=False)) / "generator.pt")[0]
+    assert g.cfg.audio_pretrained
+    for k, v in clf.encoder.state_dict().items():
+        assert torch.equal(g.audio_encoder.state_dict()[k], v), k
+    g.train()
+    assert not g.audio_encoder.training and g.gru.training
+    assert not any(p.requires_grad for p in g.audio_encoder.parameters())
+    torch.manual_seed(cfg.seed)  # the trainer's initial weights
+    fresh = Generator(cfg.generator)
+    assert not torch.equal(fresh.gru.weight_ih_l0, g.gru.weight_ih_l0)  # the rest of the motion half learnt
+    assert not torch.equal(fresh.audio_encoder.net[0][0].weight, g.audio_encoder.net[0][0].weight)  # loaded
+
+    bad = _overrides(corpus, "steps=1", "generator.audio_pretrained=true")
+    with pytest.raises(TalkingFaceError, match="audio_encoder_checkpoint"):
+        train(load_config(TrainConfig, None, bad), tmp_path / "bad", progress=False)

@@ -127,6 +127,11 @@ class GeneratorConfig:
     # rows are ignored). Phones name what is said in the same symbols for every voice.
     phones: str = "none"
     phone_dim: int = 128  # width of the phone encoder's output
+    # True: the audio encoder is a phone classifier's, trained on many voices (kind = "phones",
+    # models/phone_classifier.py) and loaded from TrainConfig.audio_encoder_checkpoint, and it stays
+    # as it was: no updates, batch-norm statistics fixed, so the motion half cannot refit it to the
+    # one voice of the training corpus.
+    audio_pretrained: bool = False
     feather_rows: int = 8  # rows blended with the photo at the top of the generated half
 
 
@@ -299,7 +304,7 @@ class LossConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     name: str = "generator"
-    kind: str = "generator"  # "generator", "sync" (the audio-visual sync expert) or "lipread" (viseme reader)
+    kind: str = "generator"  # "generator", "sync" (the audio-visual sync expert), "lipread" (viseme reader) or "phones" (the phone classifier)
     corpus: str = "corpora/train"
     selection: str = ""  # a selection name under corpus/selections ('' = every train clip)
     val_split: str = "val"
@@ -349,6 +354,13 @@ class TrainConfig:
     # Frozen viseme reader used as the lip-reading critic (loss.lipread). It must be trained apart
     # from the evaluation's reader (checkpoints/lip_reader.pt), which would otherwise grade its own pupil.
     lipread_checkpoint: str = ""
+    # kind = "phones": a folder of speech of many voices (any depth; flac, wav, mp3, ...) the phone
+    # classifier learns from beside the corpus's training clips; files under a folder whose name
+    # holds "test" are its validation voices.
+    voices: str = ""
+    # The phone classifier (kind = "phones") whose audio encoder a generator with
+    # generator.audio_pretrained starts from.
+    audio_encoder_checkpoint: str = ""
     loss: LossConfig = field(default_factory=LossConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     sync: SyncExpertConfig = field(default_factory=SyncExpertConfig)

@@ -94,6 +94,10 @@ class Generator(nn.Module):
             raise ValueError(f"generator.phones must be one of {PHONE_INPUTS}, got {cfg.phones!r}")
         if cfg.phones != "only":
             self.audio_encoder = AudioEncoder(cfg.audio)
+            if cfg.audio_pretrained:
+                self.audio_encoder.requires_grad_(False)
+        elif cfg.audio_pretrained:
+            raise ValueError("generator.audio_pretrained needs an audio encoder (generator.phones != 'only')")
         if cfg.phones != "none":
             self.phone_encoder = PhoneEncoder(N_PHONES, cfg.phone_dim)
         self.identity_encoder = IdentityEncoder(cfg.identity)
@@ -232,6 +236,12 @@ class Generator(nn.Module):
             h = self.frame_mlp(x)
         off = torch.tanh(self.motion_head(h)).view(b, t, -1, 2) * self.cfg.max_point_offset
         return {"h": h, "offsets": off, "points": enc["ref_points"][:, None] + off, "state": state}
+
+    def train(self, mode: bool = True) -> "Generator":
+        super().train(mode)
+        if self.cfg.audio_pretrained:  # a pretrained phone classifier's encoder keeps its batch-norm statistics
+            self.audio_encoder.eval()
+        return self
 
     def hear(self, windows: torch.Tensor) -> torch.Tensor:
         """Audio windows (N, n_mels [+ N_PHONES], steps) -> what the motion half hears (N, D):
@@ -471,4 +481,4 @@ def combine_motion_and_renderer(motion: Generator, renderer: Generator) -> Gener
     return out.eval()
 
 
-MOTION_ONLY_FIELDS = ("audio", "phones", "phone_dim")  # GeneratorConfig fields the renderer never reads
+MOTION_ONLY_FIELDS = ("audio", "phones", "phone_dim", "audio_pretrained")  # GeneratorConfig fields the renderer never reads

@@ -387,7 +387,20 @@ class GeneratorTask:
 
     def __init__(self, cfg: TrainConfig, world: int):
         self.cfg = cfg
-        self.g = _wrap(Generator(cfg.generator), world)
+        g = Generator(cfg.generator)
+        if cfg.generator.audio_pretrained:
+            if not cfg.audio_encoder_checkpoint:
+                raise TalkingFaceError("generator.audio_pretrained needs audio_encoder_checkpoint (a phone "
+                                       "classifier: train one with kind = 'phones')")
+            from ..config import AudioEncoderConfig
+            from ..models.phone_classifier import PhoneClassifier
+
+            clf, clf_cfg, _ = load_model(cfg.audio_encoder_checkpoint, "phone_classifier", PhoneClassifier, AudioEncoderConfig)
+            if clf_cfg != cfg.generator.audio:
+                raise TalkingFaceError(f"{cfg.audio_encoder_checkpoint}: its audio encoder ({clf_cfg}) is not "
+                                       f"generator.audio ({cfg.generator.audio})")
+            g.audio_encoder.load_state_dict(clf.encoder.state_dict())
+        self.g = _wrap(g, world)
         self.fd = _wrap(FrameDiscriminator(cfg.frame_d), world)
         self.sd = _wrap(SequenceDiscriminator(cfg.seq_d), world)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_g, betas=tuple(cfg.betas))
@@ -607,8 +620,8 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
     rank, world = _ddp_setup()
     torch.set_num_threads(max(1, cfg.threads // world))
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    if cfg.kind not in ("sync", "generator", "lipread"):
-        raise TalkingFaceError(f"train.kind must be 'sync', 'generator' or 'lipread', got {cfg.kind!r}")
+    if cfg.kind not in ("sync", "generator", "lipread", "phones"):
+        raise TalkingFaceError(f"train.kind must be 'sync', 'generator', 'lipread' or 'phones', got {cfg.kind!r}")
     if not 0 <= cfg.lr_decay_start < cfg.steps:
         raise TalkingFaceError(f"lr_decay_start must be 0 (a constant rate) or a step before steps={cfg.steps}, "
                                f"got {cfg.lr_decay_start}")
@@ -633,13 +646,18 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = Fa
     run = Run(cfg, Path(run_dir) if run_dir else None, rank)
     data_cfg = config_from_json(DataConfig, Path(cfg.corpus) / "config.json")
     train_rows, val_rows = _load_rows(cfg)
-    window = {"generator": cfg.window, "sync": cfg.sync.frames, "lipread": cfg.lip_reader.frames}[cfg.kind]
+    window = {"generator": cfg.window, "sync": cfg.sync.frames, "lipread": cfg.lip_reader.frames}.get(cfg.kind, 1)
     log.info("run %s: %d train clips, %d val clips, %s", run.dir, len(train_rows), len(val_rows), cfg.kind)
     motion = uses_motion(cfg)
     # Training hears the recognised phone track, what generate hears without a transcript.
-    phones = "recognised" if cfg.kind == "generator" and cfg.generator.phones != "none" else ""
+    phones = "recognised" if cfg.kind == "phones" or (cfg.kind == "generator" and cfg.generator.phones != "none") else ""
     train_clips = load_clips(cfg.corpus, train_rows, data_cfg, progress=progress and rank == 0, motion=motion,
                              phones=phones)
+    if cfg.kind == "phones":
+        from .phones import train_phones
+
+        train_phones(cfg, run, train_clips, data_cfg, progress=progress and rank == 0)
+        return run.dir
     val_clips = load_clips(cfg.corpus, val_rows, data_cfg, motion=motion, phones=phones) if val_rows else []
     sampler = WindowSampler(train_clips, window, augment=cfg.augment, speed=cfg.augment_speed,
                             voice=cfg.augment_voice, n_mels=data_cfg.audio.n_mels)
