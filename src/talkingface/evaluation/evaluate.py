@@ -580,7 +580,7 @@ def evaluate_stills(checkpoints: list[str], portraits: str | Path, speech: str |
     from .. import api
     from ..audio import frame_windows
     from ..face import warp_face
-    from ..media import IMAGE_SUFFIXES
+    from ..media import AUDIO_SUFFIXES, IMAGE_SUFFIXES
     from ..viz import image_grid, save_image
 
     out_dir = Path(out_dir)
@@ -588,7 +588,7 @@ def evaluate_stills(checkpoints: list[str], portraits: str | Path, speech: str |
     expert, _ = load_sync_model(sync_model)
     lm_expert = load_sync_model(landmark_sync_model, "landmarks")[0] if landmark_sync_model else None
     photos = sorted(p for p in Path(portraits).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    clips = sorted(p for p in Path(speech).iterdir() if p.suffix.lower() in (".wav", ".flac", ".mp3", ".m4a", ".ogg"))
+    clips = sorted(p for p in Path(speech).iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
     if not photos or not clips:
         raise TalkingFaceError(f"need photos in {portraits} and speech files in {speech}")
     results: dict[str, dict] = {}

@@ -29,15 +29,13 @@ import torch.nn.functional as F
 from ..audio import audio_frame_features
 from ..config import DataConfig, TrainConfig
 from ..errors import TalkingFaceError
-from ..media import read_audio
+from ..media import AUDIO_SUFFIXES, n_frames_for, read_audio
 from ..models.phone_classifier import OFFSETS, PhoneClassifier
 from ..phonemes import SIL
 from ..phonetic import N_PHONES, one_hot, recognise
 from .checkpoint import export_model
 
 log = logging.getLogger(__name__)
-
-AUDIO_SUFFIXES = (".flac", ".wav", ".mp3", ".m4a", ".ogg", ".opus")
 
 
 def voice_files(folder: str | Path) -> list[Path]:
@@ -83,7 +81,7 @@ def _voice_windows(files, tracks, data_cfg: DataConfig):
     mels, labels = [], []
     for f in files:
         audio = read_audio(f)
-        n = int(len(audio) / data_cfg.audio.sample_rate * data_cfg.fps)
+        n = n_frames_for(len(audio) / data_cfg.audio.sample_rate, data_cfg.fps)
         w = audio_frame_features(audio, n, data_cfg.fps, data_cfg.audio, one_hot(tracks[f]))
         m, lab = labelled_windows(w, data_cfg.audio.n_mels)
         mels.append(m)
@@ -110,8 +108,9 @@ def train_phones(cfg: TrainConfig, run, train_clips, data_cfg: DataConfig, progr
     if not cfg.voices:
         raise TalkingFaceError("kind = 'phones' needs voices: a folder of speech of many speakers")
     files = voice_files(cfg.voices)
-    val_files = [f for f in files if any("test" in part for part in f.relative_to(cfg.voices).parent.parts)]
-    train_files = [f for f in files if f not in set(val_files)]
+    is_val = [any("test" in part for part in f.relative_to(cfg.voices).parent.parts) for f in files]
+    val_files = [f for f, v in zip(files, is_val) if v]
+    train_files = [f for f, v in zip(files, is_val) if not v]
     cache = run.dir / "voices-phones.npz"
     tracks = recognised_tracks(files, cache, progress)
     mel, lab = _voice_windows(train_files, tracks, data_cfg)
