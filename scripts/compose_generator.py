@@ -23,11 +23,11 @@ def main() -> None:
     ap.add_argument("-o", "--out", required=True)
     args = ap.parse_args()
     mover, _, mmeta = load_generator(args.motion)
-    drawer, cfg, rmeta = load_generator(args.renderer)
+    drawer, _, rmeta = load_generator(args.renderer)
     g = combine_motion_and_renderer(mover, drawer)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     meta = {"motion_from": args.motion, "renderer_from": args.renderer, "motion_meta": mmeta, "renderer_meta": rmeta}
-    export_model(args.out, "generator", g, cfg, meta)
+    export_model(args.out, "generator", g, g.cfg, meta)  # the motion half's config: it says what it hears
     print(json.dumps({"out": args.out, "motion_from": args.motion, "renderer_from": args.renderer}))
 
 

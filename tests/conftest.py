@@ -30,35 +30,38 @@ def tone():
     return make
 
 
-@pytest.fixture(scope="session")
-def long_opus(tmp_path_factory):
-    """long_opus(seconds=7200) -> an Ogg Opus file of low noise (8 kHz mono, 6 kb/s, ~4 MB for 2
-    hours): 10 s encoded once, its packets muxed again and again (about a second for 2 hours)."""
+def long_opus(path, seconds: int = 7200):
+    """An Ogg Opus file of low noise (8 kHz mono, 6 kb/s, ~4 MB for 2 hours): 10 s encoded once,
+    its packets muxed again and again (about a second for 2 hours)."""
     import av
 
+    rate, piece = 8000, 10
+    noise = (np.random.default_rng(0).standard_normal(rate * piece) * 0.01).astype(np.float32)
+    with av.open(str(path), "w", format="ogg") as out:
+        stream = out.add_stream("libopus", rate=rate)
+        stream.layout, stream.bit_rate = "mono", 6000
+        stream.options = {"frame_duration": "60"}  # a third of the packets to mux of the default 20 ms
+        frame = av.AudioFrame.from_ndarray(noise[None], format="flt", layout="mono")
+        frame.sample_rate, frame.pts = rate, 0
+        packets = [(p.pts, p.duration, bytes(p), p.time_base) for p in [*stream.encode(frame), *stream.encode(None)]]
+        for r in range(seconds // piece):
+            for pts, duration, data, time_base in packets:
+                p = av.Packet(data)
+                p.pts = p.dts = pts + r * int(piece / time_base)
+                p.duration, p.time_base, p.stream = duration, time_base, stream
+                out.mux(p)
+    return Path(path)
+
+
+@pytest.fixture(scope="session", name="long_opus")
+def long_opus_fixture(tmp_path_factory):
+    """long_opus(seconds=7200) -> a path made by `long_opus`, once per length per session."""
     made = {}
 
     def make(seconds: int = 7200):
-        if seconds in made:
-            return made[seconds]
-        path = tmp_path_factory.mktemp("long_opus") / f"noise-{seconds}s.ogg"
-        rate, piece = 8000, 10
-        noise = (np.random.default_rng(0).standard_normal(rate * piece) * 0.01).astype(np.float32)
-        with av.open(str(path), "w", format="ogg") as out:
-            stream = out.add_stream("libopus", rate=rate)
-            stream.layout, stream.bit_rate = "mono", 6000
-            stream.options = {"frame_duration": "60"}  # a third of the packets to mux of the default 20 ms
-            frame = av.AudioFrame.from_ndarray(noise[None], format="flt", layout="mono")
-            frame.sample_rate, frame.pts = rate, 0
-            packets = [(p.pts, p.duration, bytes(p), p.time_base) for p in [*stream.encode(frame), *stream.encode(None)]]
-            for r in range(seconds // piece):
-                for pts, duration, data, time_base in packets:
-                    p = av.Packet(data)
-                    p.pts = p.dts = pts + r * int(piece / time_base)
-                    p.duration, p.time_base, p.stream = duration, time_base, stream
-                    out.mux(p)
-        made[seconds] = path
-        return path
+        if seconds not in made:
+            made[seconds] = long_opus(tmp_path_factory.mktemp("long_opus") / f"noise-{seconds}s.ogg", seconds)
+        return made[seconds]
 
     return make
 

@@ -38,6 +38,7 @@ from talkingface.serve import (
     Cancelled,
     Limits,
     Service,
+    _Requests,
     check_audio,
     check_size,
     face_input,
@@ -303,6 +304,28 @@ def test_service_sweep_removes_old_outputs(service, assets):
     assert r.video.exists()
     service.sweep(now=time.time() + service.keep_s + 10)
     assert not (service.sessions / "old").exists()
+
+
+def test_requests_take_turns_round_the_clients():
+    """A client with a request running and one waiting goes after every other client's first."""
+    def event(session):
+        return types.SimpleNamespace(session_hash=session, _id=f"{session}-{time.monotonic_ns()}", request=None)
+
+    flood = [event("flood") for _ in range(3)]
+    honest = [event("a"), event("b")]
+    taken = []
+    waiting = types.SimpleNamespace(queue=[flood[1], flood[2], honest[0], honest[1]])
+    queue = types.SimpleNamespace(event_queue_per_concurrency_id={"generate": waiting}, active_jobs=[[flood[0]]],
+                                  get_events=lambda: taken.append(waiting.queue.pop(0)))
+    _Requests(types.SimpleNamespace(_queue=queue), 2)
+    for _ in range(4):
+        queue.get_events()
+    assert taken == [honest[0], honest[1], flood[1], flood[2]]
+    # arrival order among equals: nothing running, one request each
+    waiting.queue, queue.active_jobs, taken[:] = [honest[1], flood[1], honest[0]], [None], []
+    for _ in range(3):
+        queue.get_events()
+    assert taken == [honest[1], flood[1], honest[0]]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -394,6 +395,29 @@ class _Requests:
         self.max = max_per_client
         self._lock = threading.Lock()
         self._admitted: dict[int, tuple[str, float]] = {}  # id(HTTP request) -> (client, when): let in, maybe not queued yet
+        self._take_turns(demo._queue)
+
+    def _take_turns(self, queue) -> None:
+        """Turns go round the clients instead of first come, first served: before Gradio takes
+        the next waiting request (``Queue.get_events``, called in its event loop under its lock,
+        where requests are also queued, so nothing else moves the lists meanwhile), the waiting
+        requests are ordered by how many of their client's requests run or wait ahead of them
+        (a stable sort: arrival order within a rank). A client that keeps its two places full
+        then gets one turn in as many as there are clients waiting, not two."""
+        get_events = queue.get_events
+
+        def fair_get_events():
+            running = Counter(self.client(e.session_hash, e._id, e.request) for e in self._running())
+            for waiting in queue.event_queue_per_concurrency_id.values():
+                ahead, ranked = running.copy(), []
+                for e in waiting.queue:
+                    client = self.client(e.session_hash, e._id, e.request)
+                    ranked.append((ahead[client], e))
+                    ahead[client] += 1
+                waiting.queue[:] = [e for _, e in sorted(ranked, key=lambda r: r[0])]
+            return get_events()
+
+        queue.get_events = fair_get_events
 
     def _events(self) -> list:
         queues = list(self.demo._queue.event_queue_per_concurrency_id.values())
