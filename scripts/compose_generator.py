@@ -1,7 +1,7 @@
 """Pair a separately trained audio -> motion half with an existing renderer that draws the
 landmark motion alone (``generator.decoder_input = "motion"``), without training the renderer again.
 
-    talkingface train --config configs/generator-v4.toml --set steps=1500 --set augment_speed=0.25 \
+    talkingface train --config configs/history/generator-v4.toml --set steps=1500 --set augment_speed=0.25 \
         --run-dir runs/motion-speed                      # the trainer's stage 0 only: ~12 min
     python scripts/compose_generator.py --motion runs/motion-speed/generator.pt \
         --renderer runs/generator-v4/generator.pt -o runs/generator-v4-speed/generator.pt

@@ -14,7 +14,7 @@ from talkingface.data.corpus import read_manifest
 from talkingface.data.dataset import load_clips
 from talkingface.models.sync_expert import SyncExpert
 from talkingface.training.checkpoint import load_model
-from talkingface.training.trainer import evaluate_sync
+from talkingface.training.sync_metrics import evaluate_sync
 
 
 def main() -> None:

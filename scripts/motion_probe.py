@@ -43,7 +43,7 @@ from talkingface.evaluation.metrics import curve_amplitude, mouth_curves, pearso
 from talkingface.inference import generate_crops, load_generator, tensor_to_crops
 from talkingface.models.generator import Generator
 from talkingface.phonemes import PHONEMES
-from talkingface.training.trainer import mouth_open_from_points
+from talkingface.training.sync_metrics import mouth_open_from_points
 
 
 def mouth_width(p: torch.Tensor) -> np.ndarray:

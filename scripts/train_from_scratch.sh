@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Trains the shipped generator from a fresh clone (configs/generator-v15.toml: a motion stage that
+# Trains the shipped generator from a fresh clone (configs/generator.toml: a motion stage that
 # hands on its weight average, the renderer with frame and sequence critics, then the paper's
 # lip-reading critic, and a weight average over the adversarial phase as the export), one stage
 # after another, and prints each stage's wall time: corpus, phoneme-balanced selection, the
@@ -37,7 +37,7 @@ train() {  # train RUN_DIR ARGS...: a fresh run, or --resume of a cut-off one
 [ -f "$root/lip-reader-critic/lip_reader.pt" ] \
   || stage lipread-critic train "$root/lip-reader-critic" --config configs/lip_reader.toml --set seed=1
 [ -f "$root/generator/generator.pt" ] \
-  || stage generator train "$root/generator" --config configs/generator-v15.toml \
+  || stage generator train "$root/generator" --config configs/generator.toml \
        --set name=generator-from-scratch --set "lipread_checkpoint=$root/lip-reader-critic/lip_reader.pt"
 [ "$root/generator/generator-fp16.pt" -nt "$root/generator/generator.pt" ] \
   || stage export python scripts/ship_checkpoint.py "$root/generator/generator.pt" -o "$root/generator/generator-fp16.pt"

@@ -69,18 +69,18 @@ def test_every_shipped_config_loads_and_the_recipes_differ_only_where_they_say()
     files = sorted(root.rglob("*.toml"))
     assert len(files) > 10
     cfgs = {p.relative_to(root).as_posix(): load_config(TrainConfig, p) for p in files}
-    v7, v11 = cfgs["generator-v7.toml"], cfgs["generator-v11.toml"]
+    v7, v11 = cfgs["history/generator-v7.toml"], cfgs["history/generator-v11.toml"]
     assert v11.ema_start == v7.loss.sync_start and 0 < v11.ema_beta < 1 and v7.ema_start == 0
     same = dataclasses.replace(v11, name=v7.name, ema_start=v7.ema_start, ema_beta=v7.ema_beta)
     assert to_dict(same) == to_dict(v7)
-    v12 = cfgs["generator-v12.toml"]
+    v12 = cfgs["history/generator-v12.toml"]
     assert v12.ema_start == v12.loss.adv_start and v12.loss.sync < v11.loss.sync
     assert v12.loss.sync_start < v12.steps < v11.steps
     same = dataclasses.replace(v12, name=v11.name, steps=v11.steps, ema_start=v11.ema_start,
                                loss=dataclasses.replace(v12.loss, sync=v11.loss.sync))
     assert to_dict(same) == to_dict(v11)
     # v13: v12 with a longer motion stage, every later step moved by as much (results/README, "eval-v14")
-    v13 = cfgs["generator-v13.toml"]
+    v13 = cfgs["history/generator-v13.toml"]
     shift = v13.loss.motion_steps - v12.loss.motion_steps
     assert shift > 0
     same = dataclasses.replace(v13, name=v12.name, steps=v13.steps - shift, ema_start=v13.ema_start - shift,
@@ -89,12 +89,12 @@ def test_every_shipped_config_loads_and_the_recipes_differ_only_where_they_say()
                                                         sync_start=v13.loss.sync_start - shift))
     assert to_dict(same) == to_dict(v12)
     # v14: v13 with stage 0's weight average handed on (results/README, "eval-v15")
-    v14 = cfgs["generator-v14.toml"]
+    v14 = cfgs["history/generator-v14.toml"]
     assert 0 < v14.loss.motion_ema_start < v14.loss.motion_steps and v13.loss.motion_ema_start == 0
     same = dataclasses.replace(v14, name=v13.name, loss=dataclasses.replace(v14.loss, motion_ema_start=0))
     assert to_dict(same) == to_dict(v13)
     # v15: v14 on seed 1, the lip reader as the lip-sync critic instead of the sync expert
-    v15 = cfgs["generator-v15.toml"]
+    v15 = cfgs["generator.toml"]
     assert v15.loss.sync == 0 and v15.lipread_checkpoint and v15.loss.lipread == v14.loss.sync
     assert v15.loss.lipread_start == v14.loss.sync_start and v15.seed != v14.seed
     same = dataclasses.replace(v15, name=v14.name, seed=v14.seed, lipread_checkpoint="",

@@ -165,9 +165,9 @@ def test_mouth_curves_and_correlation():
 
 
 def test_pearson_auc_shared_with_trainer():
-    from talkingface.training import trainer
+    from talkingface.training import sync_metrics, tasks
 
-    assert trainer.pearson is M.pearson and trainer.auc is M.auc
+    assert tasks.pearson is M.pearson and sync_metrics.auc is M.auc
     assert M.auc([2, 3], [0, 1]) == 1.0 and M.auc([1], [1]) == 0.5
 
 

@@ -294,8 +294,8 @@ def test_teacher_motion_draws_the_real_landmark_motion(corpus, tmp_path, monkeyp
         return forward(self, *args, **kw)
 
     monkeypatch.setattr(Generator, "forward", spy)
-    monkeypatch.setattr("talkingface.training.trainer.GeneratorTask.validate", lambda *a: {})
-    monkeypatch.setattr("talkingface.training.trainer.GeneratorTask.samples", lambda *a: None)
+    monkeypatch.setattr("talkingface.training.tasks.GeneratorTask.validate", lambda *a: {})
+    monkeypatch.setattr("talkingface.training.tasks.GeneratorTask.samples", lambda *a: None)
     real = []
     sample = WindowSampler.sample
 
@@ -502,7 +502,7 @@ def test_lip_reader_trains_and_reads(corpus, tmp_path):
     from talkingface.config import LipReaderConfig
     from talkingface.models.lip_reader import LipReader, clip_visemes
     from talkingface.training.checkpoint import load_model
-    from talkingface.training.trainer import viseme_targets
+    from talkingface.training.sync_metrics import viseme_targets
 
     cfg = load_config(TrainConfig, None, _overrides(
         corpus, 'kind="lipread"', "lip_reader.width=8", "batch_size=4", "steps=3", "log_every=1", "val_every=3",
@@ -687,18 +687,18 @@ def test_generator_hearing_phones_trains_on_the_recognised_track(corpus, tmp_pat
     the exported model moves its landmarks with the phones."""
     pytest.importorskip("pocketsphinx")
     from talkingface.inference import load_generator
-    from talkingface.training import trainer as T
+    from talkingface.models.generator import Generator
 
     tracks = np.load(next(Path(corpus).glob("clips/*/*/phones.npz")))
     assert set(tracks.files) == {"recognised", "aligned"} and (tracks["aligned"] > 0).sum() > 50
     seen = []
-    motion = T.Generator.motion
+    motion = Generator.motion
 
     def spy(self, mel, enc, state=None):
         seen.append(mel.detach().clone())
         return motion(self, mel, enc, state)
 
-    monkeypatch.setattr(T.Generator, "motion", spy)
+    monkeypatch.setattr(Generator, "motion", spy)
     cfg = load_config(TrainConfig, None, _overrides(
         corpus, "steps=3", "loss.motion_steps=3", "loss.motion_batch_size=8", 'generator.phones="with-mel"',
         "loss.phone_dropout=0.5", "val_every=100", "ckpt_every=100", "log_every=1", "generator.decoder_input=\"motion\""))
