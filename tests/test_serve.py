@@ -306,6 +306,19 @@ def test_service_sweep_removes_old_outputs(service, assets):
     assert not (service.sessions / "old").exists()
 
 
+def test_building_the_page_writes_nothing_into_the_package(service):
+    """Gradio writes a .pyi stub beside the source of any subclass of its components: the page
+    must not make one (an installed package's folder may be read-only, and is not ours to litter)."""
+    pytest.importorskip("gradio")
+    from talkingface import serve
+
+    package = Path(serve.__file__).parent
+    before = {p.name for p in package.iterdir()}
+    demo = serve.build_app(service)
+    assert {c.label for c in demo.blocks.values() if getattr(c, "label", None)} >= {"Checkpoint"}
+    assert {p.name for p in package.iterdir()} == before
+
+
 def test_requests_take_turns_round_the_clients():
     """A client with a request running and one waiting goes after every other client's first."""
     def event(session):

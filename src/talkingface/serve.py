@@ -481,18 +481,11 @@ def build_app(service: Service, concurrency: int = 1):
 
     # The options reach the handlers as sent: the components' own conversion turns a wrong type
     # into an exception without a message (`{"error": null}`), before any handler could say what
-    # was wrong. ``Service.options`` checks them instead. (A template draws as its parent.)
-    class Value(gr.Slider):
-        is_template = True
-
-        def preprocess(self, payload):
-            return payload
-
-    class Choice(gr.Dropdown):
-        is_template = True
-
-        def preprocess(self, payload):
-            return payload
+    # was wrong. ``Service.options`` checks them instead. (Set on the instances: a subclass of a
+    # Gradio component makes Gradio write a .pyi stub beside this file, into the installed package.)
+    def as_sent(component):
+        component.preprocess = lambda payload: payload
+        return component
 
     def fail(message: str, session: str | None):
         errors[session or ""] = message
@@ -566,11 +559,11 @@ def build_app(service: Service, concurrency: int = 1):
                                elem_id="face")
                 audio = gr.Audio(label="Speech: upload a file or record", sources=["upload", "microphone"],
                                  type="filepath", elem_id="speech")
-                checkpoint = Choice(choices, value=choices[0], label="Checkpoint", visible=len(choices) > 1,
-                                    elem_id="checkpoint")
-                articulation = Value(0.0, api.MAX_ARTICULATION, value=1.0, step=0.25, elem_id="articulation",
-                                     label="Articulation: how far lips and jaw move (1 = as predicted; "
-                                           "1.5-2 for a closed or smiling mouth)")
+                checkpoint = as_sent(gr.Dropdown(choices, value=choices[0], label="Checkpoint",
+                                                 visible=len(choices) > 1, elem_id="checkpoint"))
+                articulation = as_sent(gr.Slider(0.0, api.MAX_ARTICULATION, value=1.0, step=0.25, elem_id="articulation",
+                                                 label="Articulation: how far lips and jaw move (1 = as predicted; "
+                                                       "1.5-2 for a closed or smiling mouth)"))
                 keep_expression = gr.Checkbox(True, elem_id="keep-expression",
                                               label="Keep the photo's expression (a smile stays between words)")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
