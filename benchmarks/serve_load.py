@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # conftest: the tests' own input makers and REST upload
 GRID = ROOT / "tests/data/grid/s1/bbaf2n.mp4"
 HOST = "127.0.0.1"  # the only address this script talks to
 
@@ -114,7 +115,6 @@ def make_inputs(folder: Path) -> dict[str, Path]:
     import soundfile as sf
     from PIL import Image
 
-    sys.path.insert(0, str(ROOT / "tests"))
     from conftest import long_opus, uniform_png  # the tests' own generators, so the figures match what they check
 
     from talkingface.media import read_video, write_video
@@ -166,6 +166,7 @@ def face_video(server: Server, paths: dict[str, Path]) -> None:
 
 def disconnects(server: Server, paths: dict[str, Path]) -> None:
     import httpx
+    from conftest import rest_upload
     from gradio_client import Client, handle_file
 
     since = len(server.text())
@@ -190,9 +191,7 @@ def disconnects(server: Server, paths: dict[str, Path]) -> None:
     proc.kill()
     proc.wait()
     # 3. a REST result stream closed
-    files = [("files", (p.name, p.read_bytes())) for p in (photo, speech)]
-    up = httpx.post(f"{server.url}gradio_api/upload", files=files, timeout=30).json()
-    data = [{"path": u, "meta": {"_type": "gradio.FileData"}} for u in up] + [None, 1.0, True]
+    data = rest_upload(server.url, photo, speech) + [None, 1.0, True]
     event = httpx.post(f"{server.url}gradio_api/call/generate", json={"data": data}, timeout=30).json()["event_id"]
     try:
         with httpx.stream("GET", f"{server.url}gradio_api/call/generate/{event}",
@@ -213,6 +212,7 @@ def disconnects(server: Server, paths: dict[str, Path]) -> None:
 
 def flood(server: Server, paths: dict[str, Path], honest: int, requests: int, limit_s: float) -> None:
     import httpx
+    from conftest import rest_upload
 
     def honest_clients() -> list[float]:
         times: list[float] = []
@@ -246,10 +246,8 @@ def flood(server: Server, paths: dict[str, Path], honest: int, requests: int, li
     posts = {"let in": 0, "refused": 0, "other": 0}
 
     def flooder():
+        data = rest_upload(server.url, paths["photo"], paths["speech"]) + [None, 1.0, True]
         with httpx.Client(timeout=30) as h:
-            files = [("files", (p.name, p.read_bytes())) for p in (paths["photo"], paths["speech"])]
-            up = h.post(f"{server.url}gradio_api/upload", files=files).json()
-            data = [{"path": u, "meta": {"_type": "gradio.FileData"}} for u in up] + [None, 1.0, True]
             deadline = time.monotonic() + limit_s
             while not stop.is_set() and time.monotonic() < deadline and sum(posts.values()) < 5000:
                 r = h.post(f"{server.url}gradio_api/call/generate", json={"data": data})

@@ -93,6 +93,16 @@ def uniform_png(path, width: int, height: int, value: int = 128):
     return Path(path)
 
 
+def rest_upload(url: str, *paths) -> list[dict]:
+    """Uploads files to a Gradio server at ``url`` over its REST API: their FileData, for the
+    ``data`` of a ``/gradio_api/call/...`` request."""
+    import httpx
+
+    files = [("files", (Path(p).name, Path(p).read_bytes())) for p in paths]
+    uploaded = httpx.post(f"{url}gradio_api/upload", files=files, timeout=30).json()
+    return [{"path": u, "meta": {"_type": "gradio.FileData"}} for u in uploaded]
+
+
 @pytest.fixture(scope="session")
 def huge_png(tmp_path_factory):
     """A uniform 13000 x 13000 RGB PNG (~0.5 MB; 0.5 GB decoded)."""

@@ -24,6 +24,7 @@ import soundfile as sf
 import torch
 from PIL import Image
 
+from conftest import rest_upload
 from talkingface import api
 from talkingface.cli import build_parser, main
 from talkingface.config import (
@@ -500,14 +501,6 @@ def _wait_log(server, since: int, pattern: str, count: int = 1, timeout: float =
     return text
 
 
-def _rest_upload(url: str, *paths) -> list[dict]:
-    import httpx
-
-    files = [("files", (Path(p).name, Path(p).read_bytes())) for p in paths]
-    uploaded = httpx.post(f"{url}gradio_api/upload", files=files, timeout=30).json()
-    return [{"path": u, "meta": {"_type": "gradio.FileData"}} for u in uploaded]
-
-
 def test_server_cancels_the_jobs_of_clients_that_left(server, tmp_path):
     """Three clients leave while their video is being made: one cancels (gradio_client's
     ``job.cancel``), one dies (its process is killed), one closes its result stream (the REST
@@ -541,7 +534,7 @@ def test_server_cancels_the_jobs_of_clients_that_left(server, tmp_path):
         proc.wait()
     _wait_log(server, since, r"cancelled: the client went away", 2, 30)
     # 3. the result stream closed while the frames are made
-    face, speech = _rest_upload(server.url, PORTRAIT, long_speech)
+    face, speech = rest_upload(server.url, PORTRAIT, long_speech)
     event = httpx.post(f"{server.url}gradio_api/call/generate", json={"data": [face, speech, "talkingface.pt", 1.0, True]},
                        timeout=30).json()["event_id"]
     with httpx.stream("GET", f"{server.url}gradio_api/call/generate/{event}", timeout=30) as r:
@@ -579,7 +572,7 @@ def test_server_refuses_a_clients_requests_beyond_its_share(server, assets):
             outcomes.append("refused")
     assert sorted(outcomes) == ["Done:", "Done:", "refused", "refused"], outcomes
     # without a session: counted by address
-    face, speech = _rest_upload(server.url, assets / "face.png", SPEECH)
+    face, speech = rest_upload(server.url, assets / "face.png", SPEECH)
     replies = [httpx.post(f"{server.url}gradio_api/call/generate", json={"data": [face, speech, "tiny.pt", 1.0, True]},
                           timeout=30) for _ in range(4)]
     assert [r.status_code for r in replies] == [200, 200, 422, 422], [r.text for r in replies]

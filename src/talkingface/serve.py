@@ -407,11 +407,11 @@ class _Requests:
         get_events = queue.get_events
 
         def fair_get_events():
-            running = Counter(self.client(e.session_hash, e._id, e.request) for e in self._running())
+            running = Counter(self.owner(e) for e in self._running())
             for waiting in queue.event_queue_per_concurrency_id.values():
                 ahead, ranked = running.copy(), []
                 for e in waiting.queue:
-                    client = self.client(e.session_hash, e._id, e.request)
+                    client = self.owner(e)
                     ranked.append((ahead[client], e))
                     ahead[client] += 1
                 waiting.queue[:] = [e for _, e in sorted(ranked, key=lambda r: r[0])]
@@ -432,6 +432,10 @@ class _Requests:
             return f"session {session_hash}"
         return f"address {getattr(getattr(http, 'client', None), 'host', None)}"
 
+    def owner(self, event) -> str:
+        """The client of a queued or running Gradio event."""
+        return self.client(event.session_hash, event._id, event.request)
+
     def admit(self, session_hash: str | None, http) -> None:
         """Let one more request of this client in, or refuse it (``TalkingFaceError``) when the
         client has ``max`` requests waiting or running already."""
@@ -442,7 +446,7 @@ class _Requests:
             queued = {id(e.request) for e in events}
             self._admitted = {k: v for k, v in self._admitted.items()
                               if k not in queued and now - v[1] < self.ADMITTED_S}
-            n = sum(self.client(e.session_hash, e._id, e.request) == client for e in events)
+            n = sum(self.owner(e) == client for e in events)
             n += sum(c == client for c, _ in self._admitted.values())
             if n >= self.max:
                 raise TalkingFaceError(f"this client already has {n} request{'s' * (n > 1)} waiting or running, and "
