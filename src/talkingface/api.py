@@ -5,6 +5,8 @@
     api.generate("photo.jpg", "speech.wav", "out.mp4", model=model)
     for frame in api.stream("photo.jpg", "speech.wav", model=model):
         ...                                        # (H, W, 3) uint8 frames, 25 fps, as they are made
+    live = api.LiveSession("photo.jpg", model=model, sample_rate=16000)
+    frames = live.push(samples) + live.flush()     # speech as it arrives (``live.py``)
 
 The face is a photo (any size/mode, EXIF orientation honoured; found and aligned once) or a video
 (dubbing: the face is tracked with smoothed alignment, frames without a face pass through, the
@@ -361,3 +363,12 @@ def generate(face: str | Path, audio: str | Path, out: str | Path | None = None,
     n = write_video(out, frames, fps, audio=sound, sample_rate=OUTPUT_SAMPLE_RATE, crf=crf, preset=preset)
     log.info("wrote %s: %d frames (%.2f s), %dx%d", out, n, n / fps, *p.size)
     return Path(out)
+
+
+def __getattr__(name: str):
+    # LiveSession lives in live.py, which builds on this module: imported when first asked for.
+    if name == "LiveSession":
+        from .live import LiveSession
+
+        return LiveSession
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -61,18 +61,22 @@ def log_mel(audio: torch.Tensor | np.ndarray, cfg: AudioConfig = AudioConfig(), 
     # Centre the frames the way a single centred STFT does: reflect-pad once, then frame j covers
     # padded[j * hop : j * hop + n_fft].
     padded = torch.nn.functional.pad(x[:, None], (half, half), mode="reflect")[:, 0]
-    window = torch.hann_window(cfg.win_length)
-    fb = mel_filterbank(cfg)
+    window, fb = torch.hann_window(cfg.win_length), mel_filterbank(cfg)
     blocks = []
     for j0 in range(0, m, block_frames):
         j1 = min(m, j0 + block_frames)
-        seg = padded[:, j0 * hop: (j1 - 1) * hop + cfg.n_fft]
-        spec = torch.stft(seg, n_fft=cfg.n_fft, hop_length=hop, win_length=cfg.win_length, window=window,
-                          center=False, return_complex=True)  # (B, F, j1 - j0)
-        power = spec.real**2 + spec.imag**2
-        blocks.append(torch.log(torch.matmul(fb, power).clamp_min(LOG_FLOOR)))  # (B, n_mels, j1 - j0)
+        blocks.append(_log_mel_steps(padded[:, j0 * hop: (j1 - 1) * hop + cfg.n_fft], cfg, window, fb))
     out = torch.cat(blocks, -1)
     return out.reshape(*shape, cfg.n_mels, out.shape[-1])
+
+
+def _log_mel_steps(seg: torch.Tensor, cfg: AudioConfig, window: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+    """(B, L) already padded samples -> (B, n_mels, J) log-mel of the J whole frames in them, frame
+    j covering ``seg[:, j * hop : j * hop + n_fft]``."""
+    spec = torch.stft(seg, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length, window=window,
+                      center=False, return_complex=True)  # (B, F, J)
+    power = spec.real**2 + spec.imag**2
+    return torch.log(torch.matmul(fb, power).clamp_min(LOG_FLOOR))  # (B, n_mels, J)
 
 
 def dct_basis(n: int, k0: int, k1: int) -> torch.Tensor:

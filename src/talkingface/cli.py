@@ -166,7 +166,7 @@ def cmd_evaluate(args) -> int:
                    lip_reader=_model_or_default(args.lip_reader, DEFAULT_LIP_READER), articulations=tuple(args.articulation),
                    keep_expression=args.keep_expression,
                    landmark_sync_model=_model_or_default(args.landmark_sync_model, DEFAULT_LANDMARK_SYNC),
-                   phones=args.phones)
+                   phones=args.phones, live=args.live)
     if args.portraits and args.speech:
         from .evaluation.evaluate import evaluate_stills, stills_report
 
@@ -299,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-expression", action=argparse.BooleanOptionalAction, default=True,
                    help="generate every row with the reference's mouth as the rest, as `generate` does by default "
                         "(--no-keep-expression: the model's own rest, as reports before 2026-11-26 were made)")
+    p.add_argument("--live", action=argparse.BooleanOptionalAction, default=False,
+                   help="also run every checkpoint as a live session does (causal audio windows, the speech "
+                        "pushed in 40 ms pieces): rows named 'NAME (live)', compared clip by clip with NAME")
     p.add_argument("--portraits", help="folder of photos for the stills test (with --speech)")
     p.add_argument("--speech", help="folder of speech clips for the stills test")
     p.add_argument("-o", "--out", help="report folder (default runs/<time>-evaluate)")

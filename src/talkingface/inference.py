@@ -54,18 +54,21 @@ def tensor_to_crops(x: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def generate_crops(model: Generator, ref_crop: np.ndarray, ref_points: np.ndarray, mel: torch.Tensor,
                    chunk: int = 50, device: str = "cpu", offsets: np.ndarray | None = None,
-                   articulation: float = 1.0, keep_expression: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                   articulation: float = 1.0, keep_expression: bool = False,
+                   silence: torch.Tensor | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (crop (S, S, 3) uint8, lower-face points (K, 2) in crop units) per frame.
 
     ref_points: (K, 2) lower-face landmarks of the reference in [0, 1] crop units; mel: (T, n_mels, steps);
     offsets: (T, K, 2) landmark motion to draw instead of the model's own; articulation: scale of
     the model's own motion (both: ``Generator.forward``); keep_expression: the reference's mouth is
-    the rest (``Generator.rest_offsets``), with silence taken from these windows.
+    the rest (``Generator.rest_offsets``), with silence taken from these windows, or ``silence``
+    (n_mels, steps) where given (a live session's, which knows no future).
     """
     model.eval()
     enc = model.encode_reference(crop_to_tensor(ref_crop).to(device),
                                  torch.as_tensor(ref_points, dtype=torch.float32)[None].to(device))
-    rest = model.rest_offsets(enc, silence_window(mel.float())[None].to(device)) if keep_expression else None
+    silence = silence_window(mel.float()) if silence is None else silence
+    rest = model.rest_offsets(enc, silence[None].to(device)) if keep_expression else None
     state = None
     for s in range(0, len(mel), chunk):
         m = mel[s: s + chunk].float()[None].to(device)  # (1, t, n_mels, steps)

@@ -190,9 +190,12 @@ def other_clip_index(k: int, speakers: list[str], collections: list[str]) -> int
 def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model: str | Path, out_dir: str | Path,
              max_clips: int = 0, progress: bool = True, lip_reader: str | Path | None = None,
              articulations: tuple[float, ...] = (1.0,), keep_expression: bool = True,
-             landmark_sync_model: str | Path | None = None, phones: str = "recognised") -> dict:
+             landmark_sync_model: str | Path | None = None, phones: str = "recognised", live: bool = False) -> dict:
     """``phones``: which phone track of the corpus (``prepare``'s ``phones.npz``) checkpoints that
-    hear phones get: "recognised" (what ``generate`` does without a transcript) or "aligned" (with one)."""
+    hear phones get: "recognised" (what ``generate`` does without a transcript) or "aligned" (with one).
+    ``live``: every checkpoint is also run as a live session runs it (``streaming.live_windows``:
+    the clip's audio pushed in 40 ms pieces, running normalisation), as the system "NAME (live)";
+    the judges hear the offline windows for both."""
     from tqdm import tqdm
 
     corpus = Path(corpus)
@@ -235,6 +238,9 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
         log.info("no train clips in %s: the loudness-driven baseline (fitted on them) is left out", corpus)
     import soundfile as sf
 
+    from ..streaming import LiveFeatures, live_windows
+
+    live_silence = LiveFeatures().silence() if live else None  # what a live session's rest is made from
     per_clip: dict[str, dict[str, dict]] = {}
     # Per measure ("" pixels, "_lm" landmarks): calibration condition -> per-clip values.
     calibs: dict[str, dict[str, list[float]]] = {"": {}, "_lm": {}} if lm_expert is not None else {"": {}}
@@ -280,6 +286,13 @@ def evaluate(checkpoints: list[str], corpus: str | Path, split: str, sync_model:
             osil = M.silence_mask(sf.read(corpus / "clips" / other.clip / "audio.wav", dtype="float32")[0], len(omel))
             res[f"{name} (cross-audio)"] = clip_metrics(xgen, real, real_lm, real_curves, ref, omel, osil, expert,
                                                         with_truth=False, lm_expert=lm_expert)[0]
+            if live and g.cfg.phones == "none":
+                lwin = live_windows(audio, t)
+                lgen = np.stack([x for x, _ in generate_crops(g, ref, c.points[ri].numpy(), lwin, articulation=art,
+                                                           keep_expression=keep_expression, silence=live_silence)])
+                res[f"{name} (live)"] = clip_metrics(lgen, real, real_lm, real_curves, ref, mel, silent, expert,
+                                                     av_offset=av, by_viseme=by_viseme.setdefault(f"{name} (live)", {}),
+                                                     **vk)[0]
             if k < 3:
                 _sheet(out_dir / "sheets" / f"{file_stem(c.clip)}_{file_stem(name)}.jpg", real, gen)
                 curves.setdefault(name, (real_curves["opening"], gen_curves["opening"], loud_db, c.clip))
