@@ -33,7 +33,7 @@ from talkingface.config import (
     IdentityEncoderConfig,
 )
 from talkingface.errors import TalkingFaceError
-from talkingface.media import is_image, read_video, write_video
+from talkingface.media import is_image, read_audio, read_video, write_video
 from talkingface.models.generator import Generator
 from talkingface.serve import (
     Cancelled,
@@ -589,21 +589,27 @@ def test_server_refuses_a_clients_requests_beyond_its_share(server, assets):
 # -- the page, in headless Chromium
 
 
-@pytest.fixture(scope="module")
-def browser():
+def chromium(*extra: str):
+    """Headless Chromium under Selenium with a fake microphone (it beeps, or plays the WAV file
+    given with --use-file-for-fake-audio-capture); skips without chromium and its driver."""
     webdriver = pytest.importorskip("selenium.webdriver")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_bin = shutil.which("chromedriver")
-    if not chromium or not driver_bin:
+    if not binary or not driver_bin:
         pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
     from selenium.webdriver.chrome.service import Service as DriverService
 
     opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
+    opts.binary_location = binary
     for a in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1000",
-              "--mute-audio", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]:  # a beeping mic
+              "--mute-audio", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream", *extra]:
         opts.add_argument(a)
-    driver = webdriver.Chrome(service=DriverService(driver_bin), options=opts)
+    return webdriver.Chrome(service=DriverService(driver_bin), options=opts)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = chromium()
     yield driver
     driver.quit()
 
@@ -760,3 +766,110 @@ def test_browser_closing_the_page_stops_its_job(browser, server):
     browser.find_element(By.CSS_SELECTOR, "#generate").click()
     status, _ = _wait(browser, lambda d: (s := _status(d)).startswith(("Done", "Error")) and s, 180)
     assert status.startswith("Done: 128 frames"), status
+
+
+@pytest.mark.browser
+def test_browser_live_mode_talks_as_the_microphone_speaks(server, tmp_path):
+    """/live: a photo, Start, and Chromium's fake microphone playing real speech: frames come back
+    while it speaks, the mouth moves, a second page is told a session is running, and Stop brings
+    the rest: as many frames in all as the speech sent makes (generate's count)."""
+    mic = tmp_path / "mic.wav"
+    sf.write(mic, np.tile(read_audio(SPEECH, 48000), 3), 48000, subtype="PCM_16")  # Chromium plays it in a loop
+    driver = chromium(f"--use-file-for-fake-audio-capture={mic}")
+    try:
+        from selenium.webdriver.common.by import By
+
+        since = len(_server_log(server))
+        driver.get(server.url + "live")
+        driver.find_element(By.ID, "photo").send_keys(str(PORTRAIT))
+        driver.find_element(By.ID, "start").click()
+        stats, _ = _wait(driver, lambda d: (s := d.execute_script("return liveStats")) and
+                         (s["frames"] >= 100 or s["error"]) and s, 60)
+        assert not stats["error"] and stats["ready"], stats
+        assert stats["motion"] > 2.0, stats["motion"]  # the mouth region moves away from its first frame (0-255 scale)
+        busy = driver.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            const ws = new WebSocket("ws://" + location.host + "/live/ws");
+            ws.onmessage = (ev) => { done(ev.data); ws.close(); };
+            ws.onerror = () => done("socket error");""")
+        assert "already running" in busy, busy
+        driver.find_element(By.ID, "stop").click()
+        stats, _ = _wait(driver, lambda d: (s := d.execute_script("return liveStats")) and (s["done"] or s["error"]) and s, 30)
+        assert stats["done"] and not stats["error"], stats
+        assert stats["total"] == stats["frames"], stats  # every frame the server made arrived
+        expected = round(stats["samples"] / stats["rate"] * 25)
+        assert abs(stats["total"] - expected) <= 1, (stats["total"], expected)
+        lat = sorted(stats["latencies"])
+        print(f"live in the browser: {stats['total']} frames, latency p50 {lat[len(lat) // 2]:.0f} ms, "
+              f"p95 {lat[int(len(lat) * 0.95)]:.0f} ms")
+        text = _wait_log(server, since, rf"live session \d+: {stats['total']} frames", 1, 30)
+        assert "Traceback" not in text and "failed" not in text, text
+        assert "Traceback" not in driver.page_source
+    finally:
+        driver.quit()
+
+
+def test_live_endpoint_protocol_and_errors(service, assets):
+    """/live/ws without a browser (Starlette's test client): the frames of 1 s of speech come as
+    the photo then 25 box JPEGs and a done message; bad first messages and uploads get one line."""
+    pytest.importorskip("starlette")
+    import json
+    import struct
+
+    import cv2
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from talkingface.live_web import LiveEndpoint
+
+    app = Starlette()
+    LiveEndpoint(service).add_to(app)
+    client = TestClient(app)
+    assert "getUserMedia" in client.get("/live").text
+
+    def session(hello, photo: bytes | None, samples=None, raw: bytes | None = None):
+        with client.websocket_connect("/live/ws") as ws:
+            ws.send_text(hello)
+            if photo is not None:
+                ws.send_bytes(photo)
+            first = json.loads(ws.receive_text())
+            if "error" in first:
+                return first, []
+            if raw is not None:
+                ws.send_bytes(raw)
+            else:
+                for s in range(0, len(samples), 700):
+                    ws.send_bytes(samples[s: s + 700].astype("<f4").tobytes())
+                ws.send_text(json.dumps({"end": True}))
+            got = []
+            while True:
+                m = ws.receive()
+                if m.get("text"):
+                    return first, got + [json.loads(m["text"])]
+                got.append(m["bytes"])
+
+    face = (assets / "face.png").read_bytes()
+    speech = read_audio(assets / "speech.wav", SR)
+    one_s = np.resize(speech, SR)
+    first, got = session(json.dumps({"sample_rate": SR, "checkpoint": "tiny.pt"}), face, one_s)
+    assert first["ready"] and first["lookahead_ms"] == 186
+    x0, y0, x1, y1 = first["box"]
+    assert 0 <= x0 < x1 <= first["width"] and 0 <= y0 < y1 <= first["height"]
+    *frames, done = got
+    assert done == {"done": True, "frames": 25, "limit": False}
+    heads = [struct.unpack("<iHH", f[:8]) for f in frames]
+    assert heads == [(-1, 0, 0)] + [(i, x0, y0) for i in range(25)]
+    base = cv2.imdecode(np.frombuffer(frames[0][8:], np.uint8), cv2.IMREAD_COLOR)
+    box = cv2.imdecode(np.frombuffer(frames[1][8:], np.uint8), cv2.IMREAD_COLOR)
+    assert base.shape == (first["height"], first["width"], 3) and box.shape == (y1 - y0, x1 - x0, 3)
+
+    hello = json.dumps({"sample_rate": SR})
+    for case, photo, message in [("not JSON", None, "must be JSON"),
+                                 ("text as a photo", b"this is not a photo\n", "the photo"),
+                                 ("no face", (assets / "noise.png").read_bytes(), "the photo: no face found")]:
+        first, _ = session("hello" if case == "not JSON" else hello, photo)
+        assert message in first["error"] and "/tmp" not in first["error"], (case, first)
+    first, got = session(json.dumps({"sample_rate": SR, "articulation": 7}), face)
+    assert "articulation" in first["error"]
+    _, got = session(hello, face, raw=b"12345")  # not float32
+    assert "multiple of 4 bytes" in got[-1]["error"]

@@ -115,6 +115,13 @@ class LiveSession:
         return self.image.shape[1], self.image.shape[0]
 
     @property
+    def box(self) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1): the part of the photo the frames can differ from it in (the lower
+        face and its feathered edge); everywhere else every frame is the photo."""
+        c = self._comp
+        return (0, 0, 0, 0) if c.empty else (int(c.x0), int(c.y0), int(c.x1), int(c.y1))
+
+    @property
     def lookahead_s(self) -> float:
         """Speech past a frame's centre that must be in before the frame is returned."""
         return self.features.lookahead_s

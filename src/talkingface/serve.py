@@ -556,7 +556,8 @@ def build_app(service: Service, concurrency: int = 1):
         gr.Markdown("# talkingface\nOne photo (or video) of a face + speech -> a lip-synced talking-face video. "
                     f"Uploads up to {limits.max_upload_mb:g} MB; speech up to {limits.max_audio_seconds:g} s "
                     f"(of a face video, as much as the speech lasts is used); pictures and video frames up to "
-                    f"{MAX_PIXELS / 1e6:g} megapixels; {limits.max_queued_per_client} requests at a time per visitor.")
+                    f"{MAX_PIXELS / 1e6:g} megapixels; {limits.max_queued_per_client} requests at a time per visitor. "
+                    "[**Live**: a photo that talks as you speak into the microphone](/live)")
         with gr.Row():
             with gr.Column():
                 face = gr.File(label="Face: a photo or a video", file_types=["image", "video"], type="filepath",
@@ -635,10 +636,14 @@ def serve(checkpoints: Sequence[str | Path] = (), host: str = DEFAULT_HOST, port
                             allowed_paths=[str(service.sessions)])
             except OSError as e:
                 raise TalkingFaceError(f"cannot listen on {host}:{port} ({str(e).splitlines()[0]})") from None
+            from .live_web import LiveEndpoint
+
+            LiveEndpoint(service).add_to(demo.app)  # /live: the face talks as the microphone hears
             if host not in ("127.0.0.1", "localhost", "::1"):
                 log.warning("listening on %s: anyone who can reach this machine can use the page (no login)", host)
             url_host = "127.0.0.1" if host == "0.0.0.0" else host
-            print(f"talkingface web UI: http://{url_host}:{port}  (Ctrl-C stops it)", flush=True)
+            print(f"talkingface web UI: http://{url_host}:{port}  (live: http://{url_host}:{port}/live; Ctrl-C stops it)",
+                  flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
                     time.sleep(0.5)
