@@ -138,30 +138,49 @@ class LiveEndpoint:
             return [_message(first + i, x0, y0, f[y0:y1, x0:x1]) for i, f in enumerate(frames)]
 
         max_samples = MAX_LIVE_SECONDS * sample_rate
-        while True:
-            msg = await ws.receive()
-            if msg["type"] == "websocket.disconnect":
-                log.info("live session %d: the page went away after %d frames", self.sessions, live.frames)
-                return
-            if msg.get("bytes") is not None:
-                data = msg["bytes"]
-                if len(data) % 4:
-                    raise TalkingFaceError("audio messages must be float32 samples (a multiple of 4 bytes)")
-                out = await loop.run_in_executor(None, push, np.frombuffer(data, "<f4"))
-                end = live.samples >= max_samples
-            else:
-                end = bool(json.loads(msg.get("text") or "{}").get("end"))
-                out = []
-            if end:
-                out += await loop.run_in_executor(None, push, None)
-            for m in out:
-                await ws.send_bytes(m)
-            if end:
-                await ws.send_text(json.dumps({"done": True, "frames": live.frames,
-                                               "limit": live.samples >= max_samples}))
-                log.info("live session %d: %d frames", self.sessions, live.frames)
-                await ws.close()
-                return
+        # The socket is read by its own task: when making frames falls behind (a busy CPU), every
+        # piece that arrived meanwhile goes into one push, whose frames are made in one batch
+        # (~6 ms a frame instead of ~16 alone), so the session catches up instead of lagging more.
+        inbox: asyncio.Queue = asyncio.Queue()
+
+        async def read():
+            while True:
+                msg = await ws.receive()
+                await inbox.put(msg)
+                if msg["type"] == "websocket.disconnect":
+                    return
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                msgs = [await inbox.get()]
+                while not inbox.empty():
+                    msgs.append(inbox.get_nowait())
+                pieces, end = [], False
+                for msg in msgs:
+                    if msg["type"] == "websocket.disconnect":
+                        log.info("live session %d: the page went away after %d frames", self.sessions, live.frames)
+                        return
+                    if msg.get("bytes") is not None:
+                        if len(msg["bytes"]) % 4:
+                            raise TalkingFaceError("audio messages must be float32 samples (a multiple of 4 bytes)")
+                        pieces.append(np.frombuffer(msg["bytes"], "<f4"))
+                    else:
+                        end = end or bool(json.loads(msg.get("text") or "{}").get("end"))
+                out = await loop.run_in_executor(None, push, np.concatenate(pieces)) if pieces else []
+                end = end or live.samples >= max_samples
+                if end:
+                    out += await loop.run_in_executor(None, push, None)
+                for m in out:
+                    await ws.send_bytes(m)
+                if end:
+                    await ws.send_text(json.dumps({"done": True, "frames": live.frames,
+                                                   "limit": live.samples >= max_samples}))
+                    log.info("live session %d: %d frames", self.sessions, live.frames)
+                    await ws.close()
+                    return
+        finally:
+            reader.cancel()
 
 
 PAGE = """<!doctype html>
@@ -221,7 +240,9 @@ async function draw(data) {
     return;
   }
   ctx.drawImage(bitmap, x, y);
-  // How far the mouth region is from its first frame: the tests read it to see the face move.
+  // How far the mouth region is from its first frame (every 5th frame: the tests read it to see
+  // the face move; every frame would cost the page CPU the server needs).
+  if (index % 5) return;
   const now = ctx.getImageData(x, y, bitmap.width, bitmap.height).data;
   if (!firstBox) { firstBox = now; return; }
   let d = 0;
