@@ -5,7 +5,9 @@ when its first frame is made, each in a fresh process, with where the time befor
 
 Each run is a new Python process running the CLI's own ``main`` (``--trace``, below, adds only
 timestamps): import of the package and its libraries, model load, reading the speech, finding the
-face, then frames. The whole command is also timed as a plain ``talkingface generate`` subprocess.
+face, then frames. The whole command is also timed as a plain ``talkingface generate`` subprocess,
+and beside it the same through ``cli.main`` with the interpreter's usual exit (its teardown with
+torch and MediaPipe loaded is what the console script skips).
 """
 
 from __future__ import annotations
@@ -79,17 +81,23 @@ def main() -> None:
         sf.write(speech, read_audio(a.audio)[: int(a.seconds * 16000)], 16000)
         out = Path(tmp) / "out.mp4"
         argv = ["generate", "--face", a.face, "--audio", str(speech), "-o", str(out), "-q"]
-        walls, traces = [], []
+        walls, slow_exit, traces = [], [], []
+        # The same command with the interpreter's usual exit (``main`` instead of the console
+        # script's ``run``), alternating with it: what skipping the teardown saves, side by side.
+        usual = [sys.executable, "-c", "import sys; from talkingface.cli import main; sys.exit(main(sys.argv[1:]))"]
         for _ in range(a.runs):
-            t = time.perf_counter()
-            subprocess.run(["talkingface", *argv], check=True, capture_output=True)
-            walls.append(time.perf_counter() - t)
+            for cmd, into in ((["talkingface"], walls), (usual, slow_exit)):
+                t = time.perf_counter()
+                subprocess.run([*cmd, *argv], check=True, capture_output=True)
+                into.append(time.perf_counter() - t)
             env = {**os.environ, "START_TIME_T0": repr(time.time())}
             r = subprocess.run([sys.executable, __file__, "--trace", *argv], check=True, capture_output=True,
                                text=True, env=env)
             traces.append(json.loads(r.stdout.strip().splitlines()[-1])["marks"])
     print(f"CPU: {cpu_model()}; {a.seconds:g} s of speech on {Path(a.face).name}; {a.runs} runs, fresh processes")
     print(f"`talkingface generate` wall: {' / '.join(f'{w:.2f}' for w in walls)} s (median {np.median(walls):.2f})")
+    print(f"  the same with the interpreter's usual exit: {' / '.join(f'{w:.2f}' for w in slow_exit)} s "
+          f"(median {np.median(slow_exit):.2f})")
     print(f"traced: seconds from the process's start, median of {len(traces)} [each run]")
     for label in traces[0]:
         v = [t[label] for t in traces]

@@ -248,3 +248,16 @@ def test_mirror_index_maps_the_mouth_onto_its_mirror_image():
     c = canonical_shape()[SYNC_POINTS]
     np.testing.assert_allclose(c[mi] * [-1, 1], c, atol=0.02)
     assert mi[list(MOUTH_20).index(61)] == list(MOUTH_20).index(291)  # left corner <-> right corner
+
+
+def test_mediapipe_import_leaves_its_drawing_helpers_until_used():
+    """MediaPipe's drawing helpers (they import matplotlib.pyplot, 0.5 s) load only when touched."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from talkingface.face import import_mediapipe; mp = import_mediapipe(); "
+            "assert 'matplotlib.pyplot' not in sys.modules; mp.solutions.face_mesh.FaceMesh; "
+            "from mediapipe.python.solutions import drawing_utils; drawing_utils.DrawingSpec; "
+            "assert 'matplotlib.pyplot' in sys.modules; print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "ok", r.stderr[-2000:]

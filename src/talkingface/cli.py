@@ -319,11 +319,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return _dispatch(build_parser().parse_args(argv))
+
+
+def _dispatch(args) -> int:
     if args.debug:
         return _main(args)
     with _native_stderr_silenced():
         return _main(args)
+
+
+def run() -> None:
+    """The console script. After ``generate`` it exits without the interpreter's teardown: with
+    torch and MediaPipe loaded that takes 0.4-0.8 s (measured: a fifth of a 3 s clip's whole run),
+    and by then the video is complete and renamed into place and nothing is left to clean up."""
+    args = build_parser().parse_args()
+    rc = _dispatch(args)
+    if args.func is cmd_generate:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)
 
 
 def _main(args) -> int:
@@ -350,4 +367,4 @@ def _main(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

