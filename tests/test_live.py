@@ -96,8 +96,8 @@ def test_live_session_frames_match_generate(model, photo, speech, tmp_path):
     import soundfile as sf
 
     sf.write(tmp_path / "speech.wav", speech, SR)
-    offline = np.stack(api.generate(photo, tmp_path / "speech.wav", model=model, progress=False))
-    live = api.LiveSession(photo, model=model)
+    offline = np.stack(api.generate(photo, tmp_path / "speech.wav", model=model, progress=False, blinks=False))
+    live = api.LiveSession(photo, model=model, blinks=False)
     frames = []
     for s in range(0, len(speech), 640):  # 40 ms
         frames += live.push(speech[s: s + 640])
@@ -106,7 +106,11 @@ def test_live_session_frames_match_generate(model, photo, speech, tmp_path):
     assert frames[0].shape == offline[0].shape and frames[0].dtype == np.uint8
     got = np.stack(frames)
     photo_px = np.asarray(Image.open(photo).convert("RGB"))
-    assert np.array_equal(got[:, :100], np.repeat(photo_px[None, :100], len(got), 0))  # above the mouth: the photo
+    assert np.array_equal(got[:, :100], np.repeat(photo_px[None, :100], len(got), 0))  # above the eyes: the photo
+    x0, y0, x1, y1 = live.box  # the mouth and the eyes (blinks): outside it, every frame is the photo
+    outside = np.ones(photo_px.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.array_equal(got[:, outside], np.repeat(photo_px[None, outside], len(got), 0))
     diff = np.abs(got.astype(int) - offline.astype(int))
     assert diff.mean() < 1.0, diff.mean()
     moving = np.abs(got.astype(int) - got[:1].astype(int)).max(axis=(1, 2, 3))
@@ -114,6 +118,17 @@ def test_live_session_frames_match_generate(model, photo, speech, tmp_path):
     assert live.flush() == []
     with pytest.raises(RuntimeError):
         live.push(speech[:640])
+    # With blinks (the default) the eyes close now and then; they are inside the box too.
+    live = api.LiveSession(photo, model=model)
+    blinking = np.stack(live.push(np.resize(speech, SR * 6)) + live.flush())  # 6 s: a blink or more
+    x0, y0, x1, y1 = live.box
+    outside = np.ones(photo_px.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.array_equal(blinking[:, outside], np.repeat(photo_px[None, outside], len(blinking), 0))
+    still = api.LiveSession(photo, model=model, still=True)
+    unblinking = np.stack(still.push(np.resize(speech, SR * 6)) + still.flush())
+    blinked = np.abs(blinking.astype(int) - unblinking.astype(int)).max(axis=(1, 2, 3)) > 0
+    assert blinked.any() and blinked.sum() < len(blinked) // 4, blinked.sum()  # blinks, but now and then
 
 
 def test_live_session_any_rate_and_layout(model, photo, speech):

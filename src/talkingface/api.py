@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import frame_windows, log_mel, normalize_utterance, silence_window, with_rows
+from .audio import frame_windows, log_mel, normalize_utterance, silence_mask, silence_window, with_rows
 from .config import AudioConfig, FaceConfig, GeneratorConfig
 from .errors import TalkingFaceError
 from .face import LOWER_FACE, FaceMesh, alignment_matrix, transform_points, warp_face
@@ -76,6 +76,9 @@ class Prepared:
     face_index: int
     mel: torch.Tensor  # (n_mels, M) normalised log-mel of the whole speech
     n_frames: int
+    landmarks: np.ndarray  # (478, 2) the reference's face mesh in src_image pixels
+    speaking: np.ndarray  # (n_frames,) bool: frames with speech (blinks prefer the others)
+    is_photo: bool
 
 
 def _even(image: np.ndarray) -> np.ndarray:
@@ -211,7 +214,8 @@ def prepare_inputs(face: str | Path, audio: str | Path, crop_size: int, fps: flo
                  100 * float(np.mean((track > 0)[: mel.shape[-1]])))
         mel = with_rows(mel, one_hot(track))  # (n_mels + N_PHONES, M)
     size = (src.shape[1], src.shape[0])
-    return Prepared(ref_crop, ref_points, src, m, backgrounds, size, n_faces, index, mel, n)
+    speaking = ~silence_mask(speech, n, fps, audio_cfg.sample_rate)
+    return Prepared(ref_crop, ref_points, src, m, backgrounds, size, n_faces, index, mel, n, lm, speaking, is_image(face))
 
 
 FIRST_CHUNK = 4
@@ -219,7 +223,8 @@ FIRST_CHUNK = 4
 
 @torch.no_grad()
 def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, audio_cfg: AudioConfig,
-            precision: str = "auto", articulation: float = 1.0, keep_expression: bool = True) -> Iterator[np.ndarray]:
+            precision: str = "auto", articulation: float = 1.0, keep_expression: bool = True,
+            blinks: bool = False, seed: int = 0) -> Iterator[np.ndarray]:
     from tqdm import tqdm
 
     from .compose import Compositor
@@ -234,6 +239,14 @@ def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, a
     state = None
     comp, comp_m = None, None
     bgs = p.backgrounds(p.n_frames)
+    lids, closure = None, None
+    if blinks:
+        from .eyes import EyeLids, blink_schedule
+
+        lids = EyeLids(p.landmarks, p.src_image.shape)
+        if not lids.open:
+            log.info("the photo's eyes look closed: no blinks")
+        closure = blink_schedule(p.n_frames, fps, p.speaking, seed)
     with tqdm(total=p.n_frames, desc="generate", unit="frame", disable=not progress) as bar:
         # A short first chunk: the first frame comes ~0.3 s sooner (benchmarks/start_time.py).
         starts = [0, *range(min(chunk, FIRST_CHUNK), p.n_frames, chunk)]
@@ -251,7 +264,10 @@ def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, a
                     continue
                 if comp is None or comp_m is not m:
                     comp, comp_m = Compositor(frame.shape, m, s, feather), m
-                yield comp.compose(frame, p.src_image, p.src_matrix, flow[i], mask[i], res[i])
+                out_frame = comp.compose(frame, p.src_image, p.src_matrix, flow[i], mask[i], res[i])
+                if lids is not None and closure[start + i] > 0:
+                    out_frame = lids.draw(out_frame, float(closure[start + i]))  # a plain frame: more than the mouth changed
+                yield out_frame
             bar.update(t)
 
 
@@ -312,7 +328,8 @@ def _prefetch(it: Iterator, depth: int = 8) -> Iterator:
 
 def stream(face: str | Path, audio: str | Path, model: Model | None = None, fps: float = 25.0, face_index: int = 0,
            chunk: int = 50, progress: bool = False, precision: str = "auto", articulation: float = 1.0,
-           keep_expression: bool = True, text: str | None = None, language: str = "en") -> Iterator[np.ndarray]:
+           keep_expression: bool = True, text: str | None = None, language: str = "en", blinks: bool | None = None,
+           still: bool = False, seed: int = 0) -> Iterator[np.ndarray]:
     """Yield full-resolution RGB frames (H, W, 3) uint8 of ``face`` speaking ``audio``.
     ``precision``: "auto" (bfloat16 where the CPU computes it natively), "fp32" or "bf16"
     (``inference.compute_dtype``). ``articulation``: how far the lips move, as a multiple of the
@@ -322,13 +339,26 @@ def stream(face: str | Path, audio: str | Path, model: Model | None = None, fps:
     (``Generator.rest_offsets``; README "Expression"). ``text``: what is said, when known: a model
     that hears phones (``generator.phones``) then gets them force-aligned to it instead of
     recognised; ``language``: the speech's language (other than English: no phones, the audio
-    alone; one log line says so)."""
+    alone; one log line says so). ``blinks``: the eyes blink at a talking person's rate, more at
+    pauses (``eyes.py``; default: on for a photo, off for a video, which keeps its own eyes);
+    ``still``: head and eyes exactly as in the photo, only the mouth moves (no blinks); ``seed``:
+    the blinks' schedule."""
     model = model or load_model()
     compute_dtype(precision, model.device)  # a bad value fails now, not at the first frame
     check_articulation(articulation)
     p = prepare_inputs(face, audio, model.config.crop_size, fps, face_index, phones=model.config.phones != "none",
                        text=text, language=language)
-    yield from _frames(model, p, fps, chunk, progress, AudioConfig(), precision, articulation, keep_expression)
+    yield from _frames(model, p, fps, chunk, progress, AudioConfig(), precision, articulation, keep_expression,
+                       _blinks(p, blinks, still), seed)
+
+
+def _blinks(p: Prepared, blinks: bool | None, still: bool) -> bool:
+    """Whether to draw blinks: never when ``still``; by default on photos only."""
+    if still:
+        return False
+    if blinks and not p.is_photo:
+        log.info("blinks are drawn on photos; the video keeps its own eyes")
+    return p.is_photo if blinks is None else bool(blinks) and p.is_photo
 
 
 def _counted(frames: Iterator[np.ndarray], total: int, on_progress: Callable[[int, int], None]) -> Iterator[np.ndarray]:
@@ -343,13 +373,14 @@ def generate(face: str | Path, audio: str | Path, out: str | Path | None = None,
              fps: float = 25.0, face_index: int = 0, chunk: int = 50, seed: int = 0, progress: bool = True,
              on_progress: Callable[[int, int], None] | None = None, crf: int = 18, preset: str | None = None,
              precision: str = "auto", articulation: float = 1.0, keep_expression: bool = True,
-             text: str | None = None, language: str = "en"):
+             text: str | None = None, language: str = "en", blinks: bool | None = None, still: bool = False):
     """Make the talking video. With ``out``: write an H.264 + AAC mp4 atomically and return its path;
     without: return the frames as a list (short clips only). ``progress`` shows a tqdm bar;
     ``on_progress(done, total)`` is called in the caller's thread as each frame is finished
     (written, with ``out``), from ``(0, total)`` once the inputs are read to ``(total, total)``.
     ``crf``/``preset``: H.264 quality and x264 preset of the mp4 (``media.write_video``);
-    ``precision``, ``articulation``, ``keep_expression``, ``text``, ``language``: as for ``stream``."""
+    ``precision``, ``articulation``, ``keep_expression``, ``text``, ``language``, ``blinks``,
+    ``still``: as for ``stream`` (``seed`` is the blinks' schedule)."""
     torch.manual_seed(seed)  # the generator is deterministic; kept for future stochastic parts
     compute_dtype(precision, model.device if model else "cpu")
     check_articulation(articulation)
@@ -358,7 +389,8 @@ def generate(face: str | Path, audio: str | Path, out: str | Path | None = None,
     model = model or load_model()
     p = prepare_inputs(face, audio, model.config.crop_size, fps, face_index, phones=model.config.phones != "none",
                        text=text, language=language)
-    frames = _frames(model, p, fps, chunk, progress, AudioConfig(), precision, articulation, keep_expression)
+    frames = _frames(model, p, fps, chunk, progress, AudioConfig(), precision, articulation, keep_expression,
+                     _blinks(p, blinks, still), seed)
     if out is None:
         return list(_counted(frames, p.n_frames, on_progress) if on_progress else frames)
     sound = read_audio(audio, OUTPUT_SAMPLE_RATE)

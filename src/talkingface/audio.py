@@ -187,3 +187,17 @@ def speech_span(audio: np.ndarray, sample_rate: int = 16000, fps: float = 25.0, 
     if len(active) == 0:
         return 0.0, n / fps
     return active[0] / fps, (active[-1] + 1) / fps
+
+
+def silence_mask(audio: np.ndarray, n_frames: int, fps: float = 25.0, sample_rate: int = 16000,
+                 margin_db: float = 25.0, floor_db: float = -60.0) -> np.ndarray:
+    """Which video frames are silent, ``(n_frames,)`` bool.
+
+    audio: mono waveform in [-1, 1] at ``sample_rate``. Per-frame loudness is the RMS energy in dB
+    of the samples under each video frame (``loudness``). A frame is silent when
+    it is more than ``margin_db`` below the clip's speech level (the 95th percentile of the
+    per-frame loudness, which ignores a few clicks), or below the absolute floor ``floor_db``
+    (dB re. full scale, so an all-zero or near-silent clip counts as silent throughout)."""
+    db = loudness(audio, n_frames, fps, sample_rate)
+    ref = np.percentile(db, 95)
+    return (db < ref - margin_db) | (db < floor_db)

@@ -64,12 +64,13 @@ class LiveSession:
 
     ``face``: a photo (found and aligned once, here). ``sample_rate``: of the pushed samples (any;
     resampled to the model's 16 kHz). ``articulation``, ``keep_expression``, ``precision``,
-    ``face_index``: as for ``api.stream``. Models that hear phones (``generator.phones``) cannot
+    ``face_index``, ``blinks``, ``still``, ``seed``: as for ``api.stream`` (live blinks cannot wait for a
+    pause: they come on schedule). Models that hear phones (``generator.phones``) cannot
     run live yet: the phone recogniser needs the whole utterance."""
 
     def __init__(self, face: str | Path, model: Model | None = None, sample_rate: int = 16000, fps: float = 25.0,
                  face_index: int = 0, articulation: float = 1.0, keep_expression: bool = True,
-                 precision: str = "auto"):
+                 precision: str = "auto", blinks: bool = True, still: bool = False, seed: int = 0):
         from .compose import Compositor
 
         self.model = model = model or load_model()
@@ -102,6 +103,13 @@ class LiveSession:
             self._rest = (g.rest_offsets(self._enc, self.features.silence()[None].to(model.device))
                           if keep_expression else None)
         self._comp = Compositor(image.shape, m, s, model.config.feather_rows)
+        self._lids = None
+        if blinks and not still:
+            from .eyes import EyeLids, blink_schedule
+
+            self._lids = EyeLids(lm, image.shape)
+            # Ten minutes of schedule, repeated: a live session cannot know where the pauses will be.
+            self._closure = blink_schedule(int(600 * fps), fps, None, seed)
         self._resample = None if self.sample_rate == self.audio_cfg.sample_rate else \
             _Resampler(self.sample_rate, self.audio_cfg.sample_rate)
         self._state = None
@@ -117,9 +125,15 @@ class LiveSession:
     @property
     def box(self) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1): the part of the photo the frames can differ from it in (the lower
-        face and its feathered edge); everywhere else every frame is the photo."""
+        face and its feathered edge, and the eyes when they blink); elsewhere every frame is the photo."""
         c = self._comp
-        return (0, 0, 0, 0) if c.empty else (int(c.x0), int(c.y0), int(c.x1), int(c.y1))
+        boxes = [] if c.empty else [(c.x0, c.y0, c.x1, c.y1)]
+        if self._lids is not None and self._lids.open:
+            boxes += [e[:4] for e in self._lids.eyes]
+        if not boxes:
+            return (0, 0, 0, 0)
+        x0, y0, x1, y1 = np.array(boxes).T
+        return int(x0.min()), int(y0.min()), int(x1.max()), int(y1.max())
 
     @property
     def lookahead_s(self) -> float:
@@ -153,9 +167,16 @@ class LiveSession:
         self._state = out["state"]
         flow, mask, res = (out[k][0].float().cpu().numpy() for k in ("flow", "mask", "residual"))
         self.frames += len(windows)
-        # np.array: a PatchedFrame's hints are for one encoder; callers get plain frames they own
-        return [np.array(self._comp.compose(self.image, self.image, self._m, flow[i], mask[i], res[i]))
-                for i in range(len(windows))]
+        out = []
+        for i in range(len(windows)):
+            # np.array: a PatchedFrame's hints are for one encoder; callers get plain frames they own
+            frame = np.array(self._comp.compose(self.image, self.image, self._m, flow[i], mask[i], res[i]))
+            if self._lids is not None:
+                k = (self.frames - len(windows) + i) % len(self._closure)
+                if self._closure[k] > 0:
+                    frame = self._lids.draw(frame, float(self._closure[k]))
+            out.append(frame)
+        return out
 
     def push(self, chunk) -> list[np.ndarray]:
         """Add speech (float32 mono samples in [-1, 1] at ``sample_rate``, any length); returns the

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..audio import loudness
+from ..audio import silence_mask  # noqa: F401 (re-exported: the evaluation calls M.silence_mask)
 from ..face import MOUTH_20, interocular, mouth_opening, mouth_width
 
 Box = tuple[int, int, int, int]
@@ -404,18 +404,6 @@ def smoothness(frames: np.ndarray, box: Box | None = None, silent: np.ndarray | 
     return out
 
 
-def silence_mask(audio: np.ndarray, n_frames: int, fps: float = 25.0, sample_rate: int = 16000,
-                 margin_db: float = 25.0, floor_db: float = -60.0) -> np.ndarray:
-    """Which video frames are silent, ``(n_frames,)`` bool.
-
-    audio: mono waveform in [-1, 1] at ``sample_rate``. Per-frame loudness is the RMS energy in dB
-    of the samples under each video frame (``talkingface.audio.loudness``). A frame is silent when
-    it is more than ``margin_db`` below the clip's speech level (the 95th percentile of the
-    per-frame loudness, which ignores a few clicks), or below the absolute floor ``floor_db``
-    (dB re. full scale, so an all-zero or near-silent clip counts as silent throughout)."""
-    db = loudness(audio, n_frames, fps, sample_rate)
-    ref = np.percentile(db, 95)
-    return (db < ref - margin_db) | (db < floor_db)
 
 
 # ----------------------------------------------------------------------------------------------
