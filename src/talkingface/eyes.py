@@ -2,9 +2,9 @@
 
 The schedule (``blink_schedule``) follows what talking people do: about 17 blinks a minute
 (intervals drawn from a gamma distribution, at least 1.2 s apart), each 120-280 ms long, the lid
-closing in about a third of that and opening in the rest, and a blink that falls inside speech moved
-to the nearest pause within half a second when there is one (people blink more at pauses than
-mid-word). It is deterministic under its seed.
+closing in about a third of that and opening in the rest, and seven in ten blinks that fall inside
+speech moved to the nearest pause within half a second when there is one (people blink more at
+pauses than mid-word, but not only there). It is deterministic under its seed.
 
 The drawing (``EyeLids``) moves each upper lid down, not a cross-fade: per column between the eye's
 corners, the skin between the brow line and the upper lid is stretched down so the lid margin
@@ -23,6 +23,7 @@ UPPER_LIDS = ([33, 246, 161, 160, 159, 158, 157, 173, 133], [263, 466, 388, 387,
 LOWER_LIDS = ([33, 7, 163, 144, 145, 153, 154, 155, 133], [263, 249, 390, 373, 374, 380, 381, 382, 362])
 CLOSED_EYES = 0.12  # eye opening / eye width below which a photo's eyes count as closed
 BLINKS_PER_MINUTE = 17.0
+PAUSE_BIAS = 0.7  # the share of blinks that move to a pause nearby (the rest fall where they fall)
 
 
 def blink_schedule(n_frames: int, fps: float = 25.0, speaking: np.ndarray | None = None, seed: int = 0,
@@ -36,7 +37,8 @@ def blink_schedule(n_frames: int, fps: float = 25.0, speaking: np.ndarray | None
     while True:
         dur = rng.uniform(0.12, 0.28)
         start = t
-        if speaking is not None and len(speaking):
+        seek_pause = rng.random() < PAUSE_BIAS
+        if speaking is not None and len(speaking) and seek_pause:
             f = int(t * fps)
             if 0 <= f < len(speaking) and speaking[f]:
                 near = [g for g in range(max(0, f - int(0.5 * fps)), min(len(speaking), f + int(0.5 * fps) + 1))
