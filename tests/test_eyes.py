@@ -36,12 +36,13 @@ def test_schedule_rate_duration_determinism_and_pauses():
     lengths_ms = np.array([k for _, k in found]) / FPS * 1000
     assert lengths_ms.min() >= 80 and lengths_ms.max() <= 320  # 100-300 ms, give or take a frame
     assert a.max() <= 1.0 and a.max() > 0.85 and a.min() == 0.0
-    # Speech with a 0.4 s pause every 2 s: blinks land in the pauses far more often than chance (20 %).
+    # Speech with a 0.4 s pause every 2 s: blinks land in the pauses far more often than chance (20 %;
+    # ~55 % expected: seven in ten seek a pause, found when one is within 0.5 s).
     t = np.arange(n) / FPS
     speaking = (t % 2.0) < 1.6
     starts = [s for s, _ in blinks_of(blink_schedule(n, FPS, speaking, seed=3))]
     in_pause = np.mean([not speaking[s] for s in starts])
-    assert in_pause > 0.6, in_pause
+    assert in_pause > 0.4, in_pause
 
 
 def synthetic_eye(h=120, w=160):
