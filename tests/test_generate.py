@@ -134,13 +134,13 @@ def test_generate_mp4_format_background_and_determinism(assets, model, tmp_path)
 
 
 def test_stream_and_frame_list(assets, model):
-    streamed = list(api.stream(assets["face"], assets["short"], model=model))
+    streamed = list(api.stream(assets["face"], assets["short"], model=model, still=True))
     assert len(streamed) == expected_frames(assets["short"]) == 10
     assert all(f.shape == assets["photo"].shape and f.dtype == np.uint8 for f in streamed)
-    listed = api.generate(assets["face"], assets["short"], out=None, model=model, progress=False)
+    listed = api.generate(assets["face"], assets["short"], out=None, model=model, progress=False, still=True)
     assert isinstance(listed, list) and len(listed) == 10
     assert all(np.array_equal(a, b) for a, b in zip(streamed, listed))
-    # uncompressed, the photo outside the lower face is bit-exact
+    # uncompressed and --still, the photo outside the lower face is bit-exact
     assert np.array_equal(listed[5][:100], assets["photo"][:100])
     assert np.array_equal(listed[5][:, :60], assets["photo"][:, :60])
 
@@ -148,8 +148,8 @@ def test_stream_and_frame_list(assets, model):
 def test_precision_bf16_stays_close_to_fp32_and_bad_values_fail(assets, model):
     """bfloat16 (what "auto" picks on CPUs with AMX) may move the mouth by a level or two, never
     more; the photo outside the edit is untouched either way."""
-    a = api.generate(assets["face"], assets["short"], None, model=model, progress=False, precision="fp32")
-    b = api.generate(assets["face"], assets["short"], None, model=model, progress=False, precision="bf16")
+    a = api.generate(assets["face"], assets["short"], None, model=model, progress=False, precision="fp32", still=True)
+    b = api.generate(assets["face"], assets["short"], None, model=model, progress=False, precision="bf16", still=True)
     d = np.abs(np.stack(a).astype(int) - np.stack(b))
     assert d.max() <= 12 and d.mean() < 0.05, (d.max(), d.mean())
     assert np.array_equal(b[3][:100], assets["photo"][:100])

@@ -96,8 +96,8 @@ def test_live_session_frames_match_generate(model, photo, speech, tmp_path):
     import soundfile as sf
 
     sf.write(tmp_path / "speech.wav", speech, SR)
-    offline = np.stack(api.generate(photo, tmp_path / "speech.wav", model=model, progress=False, blinks=False))
-    live = api.LiveSession(photo, model=model, blinks=False)
+    offline = np.stack(api.generate(photo, tmp_path / "speech.wav", model=model, progress=False, still=True))
+    live = api.LiveSession(photo, model=model, still=True)
     frames = []
     for s in range(0, len(speech), 640):  # 40 ms
         frames += live.push(speech[s: s + 640])
@@ -119,7 +119,7 @@ def test_live_session_frames_match_generate(model, photo, speech, tmp_path):
     with pytest.raises(RuntimeError):
         live.push(speech[:640])
     # With blinks (the default) the eyes close now and then; they are inside the box too.
-    live = api.LiveSession(photo, model=model)
+    live = api.LiveSession(photo, model=model, head_motion=0)
     blinking = np.stack(live.push(np.resize(speech, SR * 6)) + live.flush())  # 6 s: a blink or more
     x0, y0, x1, y1 = live.box
     outside = np.ones(photo_px.shape[:2], bool)
@@ -129,6 +129,15 @@ def test_live_session_frames_match_generate(model, photo, speech, tmp_path):
     unblinking = np.stack(still.push(np.resize(speech, SR * 6)) + still.flush())
     blinked = np.abs(blinking.astype(int) - unblinking.astype(int)).max(axis=(1, 2, 3)) > 0
     assert blinked.any() and blinked.sum() < len(blinked) // 4, blinked.sum()  # blinks, but now and then
+    # And the head sways (the default): nearly every frame moves, inside the box only.
+    live = api.LiveSession(photo, model=model, blinks=False)
+    swaying = np.stack(live.push(np.resize(speech, SR * 2)) + live.flush())
+    x0, y0, x1, y1 = live.box
+    outside = np.ones(photo_px.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.array_equal(swaying[:, outside], np.repeat(photo_px[None, outside], len(swaying), 0))
+    moved = np.abs(swaying.astype(int) - unblinking[: len(swaying)].astype(int)).max(axis=(1, 2, 3)) > 0
+    assert moved.mean() > 0.8, moved.mean()
 
 
 def test_live_session_any_rate_and_layout(model, photo, speech):

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import frame_windows, log_mel, normalize_utterance, silence_mask, silence_window, with_rows
+from .audio import frame_windows, log_mel, loudness, normalize_utterance, silence_mask, silence_window, with_rows
 from .config import AudioConfig, FaceConfig, GeneratorConfig
 from .errors import TalkingFaceError
 from .face import LOWER_FACE, FaceMesh, alignment_matrix, transform_points, warp_face
 from .inference import compute_dtype
-from .media import check_writable, is_image, iter_video, n_frames_for, read_audio, read_image, write_video
+from .media import PatchedFrame, check_writable, is_image, iter_video, n_frames_for, read_audio, read_image, write_video
 from .phonetic import one_hot, phone_track
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ class Prepared:
     n_frames: int
     landmarks: np.ndarray  # (478, 2) the reference's face mesh in src_image pixels
     speaking: np.ndarray  # (n_frames,) bool: frames with speech (blinks prefer the others)
+    loudness: np.ndarray  # (n_frames,) dB per frame (nods follow its rises)
     is_photo: bool
 
 
@@ -215,7 +216,9 @@ def prepare_inputs(face: str | Path, audio: str | Path, crop_size: int, fps: flo
         mel = with_rows(mel, one_hot(track))  # (n_mels + N_PHONES, M)
     size = (src.shape[1], src.shape[0])
     speaking = ~silence_mask(speech, n, fps, audio_cfg.sample_rate)
-    return Prepared(ref_crop, ref_points, src, m, backgrounds, size, n_faces, index, mel, n, lm, speaking, is_image(face))
+    db = loudness(speech, n, fps, audio_cfg.sample_rate)
+    return Prepared(ref_crop, ref_points, src, m, backgrounds, size, n_faces, index, mel, n, lm, speaking, db,
+                    is_image(face))
 
 
 FIRST_CHUNK = 4
@@ -224,7 +227,7 @@ FIRST_CHUNK = 4
 @torch.no_grad()
 def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, audio_cfg: AudioConfig,
             precision: str = "auto", articulation: float = 1.0, keep_expression: bool = True,
-            blinks: bool = False, seed: int = 0) -> Iterator[np.ndarray]:
+            blinks: bool = False, seed: int = 0, head_motion: float = 0.0) -> Iterator[np.ndarray]:
     from tqdm import tqdm
 
     from .compose import Compositor
@@ -247,6 +250,12 @@ def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, a
         if not lids.open:
             log.info("the photo's eyes look closed: no blinks")
         closure = blink_schedule(p.n_frames, fps, p.speaking, seed)
+    head, motion = None, None
+    if head_motion > 0:
+        from .head import HeadWarp, head_schedule
+
+        head = HeadWarp(p.landmarks, p.src_image.shape)
+        motion = head_schedule(p.n_frames, fps, p.loudness, seed, head_motion)
     with tqdm(total=p.n_frames, desc="generate", unit="frame", disable=not progress) as bar:
         # A short first chunk: the first frame comes ~0.3 s sooner (benchmarks/start_time.py).
         starts = [0, *range(min(chunk, FIRST_CHUNK), p.n_frames, chunk)]
@@ -265,13 +274,22 @@ def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, a
                 if comp is None or comp_m is not m:
                     comp, comp_m = Compositor(frame.shape, m, s, feather), m
                 out_frame = comp.compose(frame, p.src_image, p.src_matrix, flow[i], mask[i], res[i])
-                if lids is not None and closure[start + i] > 0:
-                    out_frame = lids.draw(out_frame, float(closure[start + i]))  # a plain frame: more than the mouth changed
+                k = start + i
+                if (lids is not None and closure[k] > 0) or head is not None:
+                    box = getattr(out_frame, "box", None)  # None: the face was outside the frame
+                    if lids is not None and closure[k] > 0:
+                        out_frame = lids.draw(out_frame, float(closure[k]))
+                        box = _union(box, *(e[:4] for e in lids.eyes))
+                    if head is not None:
+                        out_frame = head.draw(out_frame, motion[k])
+                        box = _union(box, head.box)
+                    out_frame = PatchedFrame.of(np.asarray(out_frame), frame, box)  # still only a box differs
                 yield out_frame
             bar.update(t)
 
 
 MAX_ARTICULATION = 3.0
+MAX_HEAD_MOTION = 3.0  # the warp stays one to one well past this (head.HeadWarp.folds)
 
 
 def check_articulation(articulation: float) -> float:
@@ -329,7 +347,7 @@ def _prefetch(it: Iterator, depth: int = 8) -> Iterator:
 def stream(face: str | Path, audio: str | Path, model: Model | None = None, fps: float = 25.0, face_index: int = 0,
            chunk: int = 50, progress: bool = False, precision: str = "auto", articulation: float = 1.0,
            keep_expression: bool = True, text: str | None = None, language: str = "en", blinks: bool | None = None,
-           still: bool = False, seed: int = 0) -> Iterator[np.ndarray]:
+           still: bool = False, seed: int = 0, head_motion: float | None = None) -> Iterator[np.ndarray]:
     """Yield full-resolution RGB frames (H, W, 3) uint8 of ``face`` speaking ``audio``.
     ``precision``: "auto" (bfloat16 where the CPU computes it natively), "fp32" or "bf16"
     (``inference.compute_dtype``). ``articulation``: how far the lips move, as a multiple of the
@@ -341,15 +359,49 @@ def stream(face: str | Path, audio: str | Path, model: Model | None = None, fps:
     recognised; ``language``: the speech's language (other than English: no phones, the audio
     alone; one log line says so). ``blinks``: the eyes blink at a talking person's rate, more at
     pauses (``eyes.py``; default: on for a photo, off for a video, which keeps its own eyes);
-    ``still``: head and eyes exactly as in the photo, only the mouth moves (no blinks); ``seed``:
-    the blinks' schedule."""
+    ``head_motion``: the amplitude of the head's sway and nods, 0-3 (``head.py``; default 1 on a
+    photo, 0 on a video); ``still``: head and eyes exactly as in the photo, only the mouth moves;
+    ``seed``: the blinks' and the head's schedules."""
     model = model or load_model()
     compute_dtype(precision, model.device)  # a bad value fails now, not at the first frame
     check_articulation(articulation)
+    check_head_motion(head_motion)
     p = prepare_inputs(face, audio, model.config.crop_size, fps, face_index, phones=model.config.phones != "none",
                        text=text, language=language)
     yield from _frames(model, p, fps, chunk, progress, AudioConfig(), precision, articulation, keep_expression,
-                       _blinks(p, blinks, still), seed)
+                       _blinks(p, blinks, still), seed, _head_motion(p, check_head_motion(head_motion), still))
+
+
+def _union(*boxes) -> tuple[int, int, int, int]:
+    """The smallest (x0, y0, x1, y1) box holding all of ``boxes`` (None ones left out)."""
+    x0, y0, x1, y1 = np.array([b for b in boxes if b is not None]).T
+    return int(x0.min()), int(y0.min()), int(x1.max()), int(y1.max())
+
+
+def _head_motion(p: Prepared, head_motion: float | None, still: bool) -> float:
+    """The head's motion amplitude: none when ``still``; by default 1 on photos and 0 on videos
+    (a video keeps its own head)."""
+    if still:
+        return 0.0
+    if head_motion is None:
+        return 1.0 if p.is_photo else 0.0
+    if head_motion and not p.is_photo:
+        log.info("head motion is drawn on photos; the video keeps its own head")
+        return 0.0
+    return float(head_motion)
+
+
+def check_head_motion(head_motion: float | None) -> float | None:
+    """None (the default for the face) or a number in [0, MAX_HEAD_MOTION]."""
+    if head_motion is None:
+        return None
+    try:
+        a = float(head_motion)
+    except (TypeError, ValueError):
+        a = float("nan")
+    if not 0.0 <= a <= MAX_HEAD_MOTION:
+        raise ValueError(f"head_motion must be a number between 0 and {MAX_HEAD_MOTION:g}, not {head_motion!r}")
+    return a
 
 
 def _blinks(p: Prepared, blinks: bool | None, still: bool) -> bool:
@@ -373,24 +425,26 @@ def generate(face: str | Path, audio: str | Path, out: str | Path | None = None,
              fps: float = 25.0, face_index: int = 0, chunk: int = 50, seed: int = 0, progress: bool = True,
              on_progress: Callable[[int, int], None] | None = None, crf: int = 18, preset: str | None = None,
              precision: str = "auto", articulation: float = 1.0, keep_expression: bool = True,
-             text: str | None = None, language: str = "en", blinks: bool | None = None, still: bool = False):
+             text: str | None = None, language: str = "en", blinks: bool | None = None, still: bool = False,
+             head_motion: float | None = None):
     """Make the talking video. With ``out``: write an H.264 + AAC mp4 atomically and return its path;
     without: return the frames as a list (short clips only). ``progress`` shows a tqdm bar;
     ``on_progress(done, total)`` is called in the caller's thread as each frame is finished
     (written, with ``out``), from ``(0, total)`` once the inputs are read to ``(total, total)``.
     ``crf``/``preset``: H.264 quality and x264 preset of the mp4 (``media.write_video``);
     ``precision``, ``articulation``, ``keep_expression``, ``text``, ``language``, ``blinks``,
-    ``still``: as for ``stream`` (``seed`` is the blinks' schedule)."""
+    ``head_motion``, ``still``: as for ``stream`` (``seed`` also draws the blinks' and the head's schedules)."""
     torch.manual_seed(seed)  # the generator is deterministic; kept for future stochastic parts
     compute_dtype(precision, model.device if model else "cpu")
     check_articulation(articulation)
+    head_motion = check_head_motion(head_motion)
     if out is not None:
         check_writable(out, inputs=[face, audio])
     model = model or load_model()
     p = prepare_inputs(face, audio, model.config.crop_size, fps, face_index, phones=model.config.phones != "none",
                        text=text, language=language)
     frames = _frames(model, p, fps, chunk, progress, AudioConfig(), precision, articulation, keep_expression,
-                     _blinks(p, blinks, still), seed)
+                     _blinks(p, blinks, still), seed, _head_motion(p, head_motion, still))
     if out is None:
         return list(_counted(frames, p.n_frames, on_progress) if on_progress else frames)
     sound = read_audio(audio, OUTPUT_SAMPLE_RATE)

@@ -130,7 +130,7 @@ def cmd_generate(args) -> int:
     out = api.generate(args.face, args.audio, args.out, model=model, fps=args.fps, face_index=args.face_index,
                        chunk=args.chunk, seed=args.seed, progress=not args.quiet, crf=args.crf, preset=args.preset, precision=args.precision,
                        articulation=args.articulation, keep_expression=args.keep_expression, text=text,
-                       language=args.language, blinks=args.blinks, still=args.still)
+                       language=args.language, blinks=args.blinks, still=args.still, head_motion=args.head_motion)
     print(f"wrote {out}")
     return 0
 
@@ -234,8 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blinks", action=argparse.BooleanOptionalAction, default=None,
                    help="the eyes blink at a talking person's rate, more at pauses (default: on for a photo; "
                         "a video keeps its own eyes)")
+    p.add_argument("--head-motion", type=float, default=None, metavar="A",
+                   help="how far the head sways and nods, 0-3 (default: 1 for a photo; a video keeps its own head)")
     p.add_argument("--still", action=argparse.BooleanOptionalAction, default=False,
-                   help="head and eyes exactly as in the photo: only the mouth moves (no blinks)")
+                   help="head and eyes exactly as in the photo: only the mouth moves (no blinks, no head motion)")
     words = p.add_mutually_exclusive_group()
     words.add_argument("--text", help="what the speech says: its phones are force-aligned to it instead of recognised "
                                       "(models that hear phones; a text that does not match is a warning)")

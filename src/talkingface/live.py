@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .api import Model, _photo, check_articulation, load_model
+from .api import Model, _photo, check_articulation, check_head_motion, load_model
 from .config import AudioConfig, FaceConfig
 from .errors import TalkingFaceError
 from .face import LOWER_FACE, transform_points, warp_face
@@ -64,13 +64,14 @@ class LiveSession:
 
     ``face``: a photo (found and aligned once, here). ``sample_rate``: of the pushed samples (any;
     resampled to the model's 16 kHz). ``articulation``, ``keep_expression``, ``precision``,
-    ``face_index``, ``blinks``, ``still``, ``seed``: as for ``api.stream`` (live blinks cannot wait for a
-    pause: they come on schedule). Models that hear phones (``generator.phones``) cannot
+    ``face_index``, ``blinks``, ``head_motion``, ``still``, ``seed``: as for ``api.stream`` (live, blinks
+    cannot wait for a pause and nods cannot follow the speech: they come on schedule, the head sways). Models that hear phones (``generator.phones``) cannot
     run live yet: the phone recogniser needs the whole utterance."""
 
     def __init__(self, face: str | Path, model: Model | None = None, sample_rate: int = 16000, fps: float = 25.0,
                  face_index: int = 0, articulation: float = 1.0, keep_expression: bool = True,
-                 precision: str = "auto", blinks: bool = True, still: bool = False, seed: int = 0):
+                 precision: str = "auto", blinks: bool = True, still: bool = False, seed: int = 0,
+                 head_motion: float = 1.0):
         from .compose import Compositor
 
         self.model = model = model or load_model()
@@ -110,6 +111,13 @@ class LiveSession:
             self._lids = EyeLids(lm, image.shape)
             # Ten minutes of schedule, repeated: a live session cannot know where the pauses will be.
             self._closure = blink_schedule(int(600 * fps), fps, None, seed)
+        self._head = None
+        head_motion = check_head_motion(head_motion)
+        if head_motion and not still:
+            from .head import HeadWarp, head_schedule
+
+            self._head = HeadWarp(lm, image.shape)
+            self._motion = head_schedule(int(600 * fps), fps, None, seed, head_motion)  # sways without nods
         self._resample = None if self.sample_rate == self.audio_cfg.sample_rate else \
             _Resampler(self.sample_rate, self.audio_cfg.sample_rate)
         self._state = None
@@ -125,11 +133,14 @@ class LiveSession:
     @property
     def box(self) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1): the part of the photo the frames can differ from it in (the lower
-        face and its feathered edge, and the eyes when they blink); elsewhere every frame is the photo."""
+        face and its feathered edge, the eyes when they blink, the head when it moves); elsewhere every
+        frame is the photo."""
         c = self._comp
         boxes = [] if c.empty else [(c.x0, c.y0, c.x1, c.y1)]
         if self._lids is not None and self._lids.open:
             boxes += [e[:4] for e in self._lids.eyes]
+        if self._head is not None:
+            boxes.append(self._head.box)
         if not boxes:
             return (0, 0, 0, 0)
         x0, y0, x1, y1 = np.array(boxes).T
@@ -171,10 +182,11 @@ class LiveSession:
         for i in range(len(windows)):
             # np.array: a PatchedFrame's hints are for one encoder; callers get plain frames they own
             frame = np.array(self._comp.compose(self.image, self.image, self._m, flow[i], mask[i], res[i]))
-            if self._lids is not None:
-                k = (self.frames - len(windows) + i) % len(self._closure)
-                if self._closure[k] > 0:
-                    frame = self._lids.draw(frame, float(self._closure[k]))
+            k = self.frames - len(windows) + i
+            if self._lids is not None and self._closure[k % len(self._closure)] > 0:
+                frame = self._lids.draw(frame, float(self._closure[k % len(self._closure)]))
+            if self._head is not None:
+                frame = self._head.draw(frame, self._motion[k % len(self._motion)])
             out.append(frame)
         return out
 
