@@ -1,7 +1,7 @@
 """Sheets of the eyes of photos through one blink, as `generate` draws it, and the schedule's
 figures over ten minutes of real speech.
 
-    python scripts/blink_sheet.py PHOTO [PHOTO ...] --speech SPEECH -o results/blinks
+    python scripts/blink_sheet.py PHOTO [PHOTO ...] --speech SPEECH -o results/alive
 
 Per photo, one row: the eye region at each frame of a blink of the schedule (closure under each
 frame). Prints the schedule's rate, durations and share of blinks at pauses for the speech given
@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("photos", nargs="+")
     ap.add_argument("--speech", required=True)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("-o", "--out", default="results/blinks")
+    ap.add_argument("-o", "--out", default="results/alive")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

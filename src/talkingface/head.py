@@ -70,7 +70,7 @@ class HeadWarp:
         centre = (lo + hi) / 2 - np.array([0.0, 0.12 * (hi[1] - lo[1])])  # up a little: the hair
         radii = np.array([0.62 * (hi[0] - lo[0]), 0.72 * (hi[1] - lo[1])])  # face and hair
         self.pivot = lm[152] + np.array([0.0, 0.6 * self.iod])  # below the chin: the neck
-        reach = 1.9  # the weight reaches 0 at this many radii
+        reach = 1.5  # the weight reaches 0 at this many radii
         x0, y0 = np.floor(centre - reach * radii).astype(int)
         x1, y1 = np.ceil(centre + reach * radii).astype(int)
         self.box = (max(0, x0), max(0, y0), min(w, x1), min(h, y1))
