@@ -191,7 +191,7 @@ def disconnects(server: Server, paths: dict[str, Path]) -> None:
     proc.kill()
     proc.wait()
     # 3. a REST result stream closed
-    data = rest_upload(server.url, photo, speech) + [None, 1.0, True]
+    data = rest_upload(server.url, photo, speech) + [None, 1.0, True, False]
     event = httpx.post(f"{server.url}gradio_api/call/generate", json={"data": data}, timeout=30).json()["event_id"]
     try:
         with httpx.stream("GET", f"{server.url}gradio_api/call/generate/{event}",
@@ -246,7 +246,7 @@ def flood(server: Server, paths: dict[str, Path], honest: int, requests: int, li
     posts = {"let in": 0, "refused": 0, "other": 0}
 
     def flooder():
-        data = rest_upload(server.url, paths["photo"], paths["speech"]) + [None, 1.0, True]
+        data = rest_upload(server.url, paths["photo"], paths["speech"]) + [None, 1.0, True, False]
         with httpx.Client(timeout=30) as h:
             deadline = time.monotonic() + limit_s
             while not stop.is_set() and time.monotonic() < deadline and sum(posts.values()) < 5000:

@@ -186,7 +186,11 @@ def test_service_passes_the_articulation_on(service, assets, monkeypatch):
     r = service.make(assets / "face.png", assets / "speech.wav", articulation=2.0, keep_expression=False)
     assert seen["articulation"] == 2.0 and seen["keep_expression"] is False and r.frames == 10
     service.make(assets / "face.png", assets / "speech.wav")
-    assert seen["keep_expression"] is True  # the default, as in generate
+    assert seen["keep_expression"] is True and seen["still"] is False  # the defaults, as in generate
+    service.make(assets / "face.png", assets / "speech.wav", still=True)
+    assert seen["still"] is True
+    with pytest.raises(TalkingFaceError, match="still must be true or false"):
+        service.make(assets / "face.png", assets / "speech.wav", still="yes")
 
 
 def test_service_face_by_content_and_video(service, assets, tmp_path):
@@ -486,6 +490,10 @@ def test_server_api_options_are_typed(server, assets):
         assert str(server.work) not in str(e.value)
     video, status = client.predict(face, speech, "tiny.pt", 1.0, False, api_name="/generate")
     assert status.startswith("Done: 10 frames") and str(server.work) not in status
+    with pytest.raises(ValidationError, match=r"still: still must be true or false, not 'no'"):
+        client.predict(face, speech, "tiny.pt", 1.0, True, "no", api_name="/generate")
+    video, status = client.predict(face, speech, "tiny.pt", 1.0, True, True, api_name="/generate")
+    assert status.startswith("Done: 10 frames")
 
 
 def _server_log(server, since: int = 0) -> str:
@@ -535,7 +543,7 @@ def test_server_cancels_the_jobs_of_clients_that_left(server, tmp_path):
     _wait_log(server, since, r"cancelled: the client went away", 2, 30)
     # 3. the result stream closed while the frames are made
     face, speech = rest_upload(server.url, PORTRAIT, long_speech)
-    event = httpx.post(f"{server.url}gradio_api/call/generate", json={"data": [face, speech, "talkingface.pt", 1.0, True]},
+    event = httpx.post(f"{server.url}gradio_api/call/generate", json={"data": [face, speech, "talkingface.pt", 1.0, True, False]},
                        timeout=30).json()["event_id"]
     with httpx.stream("GET", f"{server.url}gradio_api/call/generate/{event}", timeout=30) as r:
         assert r.status_code == 200
@@ -573,7 +581,7 @@ def test_server_refuses_a_clients_requests_beyond_its_share(server, assets):
     assert sorted(outcomes) == ["Done:", "Done:", "refused", "refused"], outcomes
     # without a session: counted by address
     face, speech = rest_upload(server.url, assets / "face.png", SPEECH)
-    replies = [httpx.post(f"{server.url}gradio_api/call/generate", json={"data": [face, speech, "tiny.pt", 1.0, True]},
+    replies = [httpx.post(f"{server.url}gradio_api/call/generate", json={"data": [face, speech, "tiny.pt", 1.0, True, False]},
                           timeout=30) for _ in range(4)]
     assert [r.status_code for r in replies] == [200, 200, 422, 422], [r.text for r in replies]
     assert re.search(share, replies[2].json()["detail"][0]["message"])

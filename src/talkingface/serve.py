@@ -154,10 +154,10 @@ def readable(message: str, names: dict[str, str], folder: str | Path | None = No
     return message
 
 
-def check_keep_expression(value) -> bool:
+def check_flag(value, name: str = "keep_expression") -> bool:
     """API clients can send anything: only a real boolean is one ("no" is not true)."""
     if not isinstance(value, bool):
-        raise TalkingFaceError(f"keep_expression must be true or false, not {value!r}")
+        raise TalkingFaceError(f"{name} must be true or false, not {value!r}")
     return value
 
 
@@ -243,7 +243,7 @@ class Service:
             articulation = api.check_articulation(articulation)
         except ValueError as e:
             raise TalkingFaceError(str(e)) from None
-        return name, articulation, check_keep_expression(keep_expression)
+        return name, articulation, check_flag(keep_expression)
 
     def model(self, name: str | None = None) -> api.Model:
         """The model of one of the server's checkpoints, loaded on first use and kept."""
@@ -319,15 +319,17 @@ class Service:
     def make(self, face: str | Path, audio: str | Path, checkpoint: str | None = None,
              session: str | None = None, on_progress: Callable[[int, int], None] | None = None,
              articulation: float = 1.0, keep_expression: bool = True,
-             gone: Callable[[], bool] | None = None) -> Result:
+             gone: Callable[[], bool] | None = None, still: bool = False) -> Result:
         """Check the uploads and make the video, in a folder of its own in the session's folder
         (two requests of one session never write the same file). ``articulation``,
-        ``keep_expression``: as in ``api.generate``. ``gone()``: true once the client no longer
+        ``keep_expression``, ``still``: as in ``api.generate`` (a photo blinks and moves its head
+        unless ``still``). ``gone()``: true once the client no longer
         wants the result; asked between the checks and at every frame, it stops the job with
         ``Cancelled`` (as does the session's page closing), leaving nothing behind."""
         start = time.monotonic()
         face, audio = Path(face), Path(audio)
         name, articulation, keep_expression = self.options(checkpoint, articulation, keep_expression)
+        still = check_flag(still, "still")
         with self._job(session, gone) as job:
             self.sweep()
             check_size(face, self.limits.max_upload_mb)
@@ -351,7 +353,7 @@ class Service:
                     log.info("generating %s + %s (%.1f s) with %s", face.name, audio.name, seconds, name)
                     try:
                         api.generate(source, audio, out, model=model, fps=FPS, progress=False, on_progress=frames,
-                                     articulation=articulation, keep_expression=keep_expression)
+                                     articulation=articulation, keep_expression=keep_expression, still=still)
                     except TalkingFaceError as e:
                         raise TalkingFaceError(readable(str(e), names, self.work)) from None
             except BaseException:
@@ -497,10 +499,11 @@ def build_app(service: Service, concurrency: int = 1):
             errors.pop(next(iter(errors)))
         raise gr.Error(message, duration=None, print_exception=False)
 
-    def admit(face, audio, checkpoint, articulation, keep_expression, request: gr.Request):
+    def admit(face, audio, checkpoint, articulation, keep_expression, still, request: gr.Request):
         """Gradio's validator, run before a request is queued: one refusal per input that is wrong."""
         checks = [None, None, lambda: service.checkpoint(checkpoint),
-                  lambda: api.check_articulation(articulation), lambda: check_keep_expression(keep_expression)]
+                  lambda: api.check_articulation(articulation), lambda: check_flag(keep_expression),
+                  lambda: check_flag(still, "still")]
         results = []
         for check in checks:
             try:
@@ -517,7 +520,7 @@ def build_app(service: Service, concurrency: int = 1):
         return results
 
     # gr.Progress() as a default is how Gradio finds the progress bar to feed
-    def run(face, audio, checkpoint, articulation, keep_expression, request: gr.Request,
+    def run(face, audio, checkpoint, articulation, keep_expression, still, request: gr.Request,
             progress=gr.Progress()):  # noqa: B008
         session = getattr(request, "session_hash", None)
         if not face:
@@ -533,7 +536,7 @@ def build_app(service: Service, concurrency: int = 1):
             progress((done, total), desc="Generating", unit="frames")
 
         try:
-            result = service.make(face, audio, checkpoint, session, frames, articulation, keep_expression, gone)
+            result = service.make(face, audio, checkpoint, session, frames, articulation, keep_expression, gone, still)
         except Cancelled:
             log.info("cancelled: the client went away")
             return
@@ -571,12 +574,14 @@ def build_app(service: Service, concurrency: int = 1):
                                                        "1.5-2 for a closed or smiling mouth)"))
                 keep_expression = gr.Checkbox(True, elem_id="keep-expression",
                                               label="Keep the photo's expression (a smile stays between words)")
+                still = gr.Checkbox(False, elem_id="still",
+                                    label="Still: only the mouth moves (a photo otherwise blinks and moves its head)")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
                 status = gr.Textbox(label="Status", interactive=False, lines=2, elem_id="status")
             with gr.Column():
                 video = gr.Video(label="Result", interactive=False, buttons=["download"], height=560, elem_id="result")
         # progress over the video; the status box shows what happened
-        event = button.click(run, [face, audio, checkpoint, articulation, keep_expression], [video, status],
+        event = button.click(run, [face, audio, checkpoint, articulation, keep_expression, still], [video, status],
                              api_name="generate", show_progress_on=video, validator=admit)
         event.failure(failed, None, status, queue=False, api_visibility="private")
         demo.unload(goodbye)
