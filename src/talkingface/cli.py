@@ -187,13 +187,20 @@ def _crf(text: str) -> int:
     return v
 
 
-def _articulation(text: str) -> float:
-    from .api import check_articulation
+def _checked(name: str):
+    """An argparse type that runs ``api.<name>`` on the text: a bad value is a usage error."""
+    def parse(text: str) -> float:
+        from . import api
 
-    try:
-        return check_articulation(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        try:
+            return getattr(api, name)(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
+_articulation = _checked("check_articulation")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blinks", action=argparse.BooleanOptionalAction, default=None,
                    help="the eyes blink at a talking person's rate, more at pauses (default: on for a photo; "
                         "a video keeps its own eyes)")
-    p.add_argument("--head-motion", type=float, default=None, metavar="A",
+    p.add_argument("--head-motion", type=_checked("check_head_motion"), default=None, metavar="0-3",
                    help="how far the head sways and nods, 0-3 (default: 1 for a photo; a video keeps its own head)")
     p.add_argument("--still", action=argparse.BooleanOptionalAction, default=False,
                    help="head and eyes exactly as in the photo: only the mouth moves (no blinks, no head motion)")
