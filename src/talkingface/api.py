@@ -29,8 +29,9 @@ import torch
 from .audio import frame_windows, log_mel, loudness, normalize_utterance, silence_mask, silence_window, with_rows
 from .config import AudioConfig, FaceConfig, GeneratorConfig
 from .errors import TalkingFaceError
-from .face import LOWER_FACE, FaceMesh, alignment_matrix, transform_points, warp_face
+from .face import LOWER_FACE, FaceMesh, alignment_matrix, invert, transform_points, warp_face
 from .inference import compute_dtype
+from .interior import INNER_IN_LOWER_FACE, InteriorLibrary
 from .media import PatchedFrame, check_writable, is_image, iter_video, n_frames_for, read_audio, read_image, write_video
 from .phonetic import one_hot, phone_track
 
@@ -80,6 +81,7 @@ class Prepared:
     speaking: np.ndarray  # (n_frames,) bool: frames with speech (blinks prefer the others)
     loudness: np.ndarray  # (n_frames,) dB per frame (nods follow its rises)
     is_photo: bool
+    interior: InteriorLibrary | None = None  # a video's own open mouths (dubbing)
 
 
 def _even(image: np.ndarray) -> np.ndarray:
@@ -180,8 +182,12 @@ def _video(face: Path, cfg: FaceConfig, fps: float, max_frames: int | None = Non
                 fr = cv2.imdecode(np.frombuffer(fr, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
             yield fr, (mats[i] if present[i] else None)
 
+    def frame_at(i):
+        fr = frames[i]
+        return cv2.imdecode(np.frombuffer(fr, np.uint8), cv2.IMREAD_COLOR)[..., ::-1] if isinstance(fr, bytes) else fr
+
     k, ref_frame = best
-    return ref_frame, lms[k], mats[k], backgrounds, n_faces, 0
+    return ref_frame, lms[k], mats[k], backgrounds, n_faces, 0, InteriorLibrary(frame_at, lms)
 
 
 def prepare_inputs(face: str | Path, audio: str | Path, crop_size: int, fps: float = 25.0, face_index: int = 0,
@@ -195,10 +201,11 @@ def prepare_inputs(face: str | Path, audio: str | Path, crop_size: int, fps: flo
     if float(np.sqrt(np.mean(speech.astype(np.float64) ** 2))) < SILENCE_RMS:
         raise TalkingFaceError(f"{audio}: the audio is silent")
     n = n_frames_for(len(speech) / audio_cfg.sample_rate, fps)
+    interior = None
     if is_image(face):
         src, lm, m, backgrounds, n_faces, index = _photo(face, cfg, face_index)
-    else:
-        src, lm, m, backgrounds, n_faces, index = _video(face, cfg, fps, max_frames=n)  # the speech's frames only
+    else:  # the speech's frames only
+        src, lm, m, backgrounds, n_faces, index, interior = _video(face, cfg, fps, max_frames=n)
     if n_faces > 1:
         order = "largest" if cfg.pick == "largest" else "most central"
         which = f"the {order} one (index 0)" if index == 0 else f"index {index} (0 = the {order})"
@@ -218,7 +225,7 @@ def prepare_inputs(face: str | Path, audio: str | Path, crop_size: int, fps: flo
     speaking = ~silence_mask(speech, n, fps, audio_cfg.sample_rate)
     db = loudness(speech, n, fps, audio_cfg.sample_rate)
     return Prepared(ref_crop, ref_points, src, m, backgrounds, size, n_faces, index, mel, n, lm, speaking, db,
-                    is_image(face))
+                    is_image(face), interior)
 
 
 FIRST_CHUNK = 4
@@ -227,7 +234,8 @@ FIRST_CHUNK = 4
 @torch.no_grad()
 def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, audio_cfg: AudioConfig,
             precision: str = "auto", articulation: float = 1.0, keep_expression: bool = True,
-            blinks: bool = False, seed: int = 0, head_motion: float = 0.0) -> Iterator[np.ndarray]:
+            blinks: bool = False, seed: int = 0, head_motion: float = 0.0,
+            interior: bool = True) -> Iterator[np.ndarray]:
     from tqdm import tqdm
 
     from .compose import Compositor
@@ -265,7 +273,7 @@ def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, a
             with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 out = g(mel, enc, state=state, crops=False, articulation=articulation, rest=rest)
             state = out["state"]
-            flow, mask, res = (out[k][0].float().cpu().numpy() for k in ("flow", "mask", "residual"))
+            flow, mask, res, points = (out[k][0].float().cpu().numpy() for k in ("flow", "mask", "residual", "points"))
             for i in range(t):
                 frame, m = next(bgs)
                 if m is None:  # no face in this video frame: pass it through
@@ -274,6 +282,11 @@ def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, a
                 if comp is None or comp_m is not m:
                     comp, comp_m = Compositor(frame.shape, m, s, feather), m
                 out_frame = comp.compose(frame, p.src_image, p.src_matrix, flow[i], mask[i], res[i])
+                if interior and p.interior is not None:
+                    # the generated inner lips in this frame's pixels; the eye distance the crop puts them at
+                    ring = transform_points(invert(m), points[i][INNER_IN_LOWER_FACE] * s)
+                    iod = FaceConfig().iod * s / float(np.sqrt(abs(np.linalg.det(np.asarray(m)[:, :2]))))
+                    out_frame = p.interior.paste(out_frame, ring, iod)
                 k = start + i
                 if (lids is not None and closure[k] > 0) or head is not None:
                     box = getattr(out_frame, "box", None)  # None: the face was outside the frame
