@@ -1,7 +1,8 @@
 """How dark the open mouth is, relative to the cheeks, in real footage and in dubs of it (issue 29).
 
-Each talking-head video is dubbed with its own speech by every checkpoint given (`api.generate`,
-the video as face and as speech), and on the real and on every dubbed frame the face mesh gives the
+Each talking-head video is dubbed with its own speech by every checkpoint given (as
+`api.generate` does, the video as face and as speech; ``--no-interior``: without the video's
+own mouth interiors), and on the real and on every dubbed frame the face mesh gives the
 inner-lip polygon and two cheek patches; a frame's darkness is the mean luma (Rec. 601) inside the
 inner lips over the cheeks' mean luma, averaged over the frames where the REAL mouth is clearly open
 (inner-lip gap >= ``--open`` inter-ocular distances) and the generated frame's inner lips enclose
@@ -77,6 +78,8 @@ def main() -> None:
     ap.add_argument("--videos", nargs="+", default=None,
                     help="default: every non-s1 GRID and CREMA-D video in ../shared/train")
     ap.add_argument("--open", type=float, default=0.12, help="real inner-lip gap / IOD that counts as open")
+    ap.add_argument("--interior", action=argparse.BooleanOptionalAction, default=True,
+                    help="--no-interior: the generator's own fill, without the video's interiors (as before 2026-12-08)")
     ap.add_argument("-o", "--out", default="runs/mouth-darkness")
     a = ap.parse_args()
     videos = a.videos or sorted(p for p in glob.glob("../shared/train/*/*/*") if Path(p).suffix in (".mp4", ".mpg", ".flv", ".avi")
@@ -93,11 +96,14 @@ def main() -> None:
                 "real contrast": float(np.nanmean(r_con[open_])) if open_.any() else None}
         tiles = [[mouth_tile(real[k], r_lm[k]) for k in np.argsort(-np.nan_to_num(r_open, nan=-1))[:4]]]
         for name, model in models.items():
-            gen = np.stack(api.generate(video, video, None, model=model, progress=False))[: len(real)]
+            p = api.prepare_inputs(video, video, model.config.crop_size)
+            gen = np.stack(list(api._frames(model, p, 25.0, 50, False, api.AudioConfig(), interior=a.interior)))[: len(real)]
             g_open, g_dark, g_con, g_lm = measure(gen)
             use = open_[: len(gen)] & ~np.isnan(g_dark)
             line[name] = float(np.mean(g_dark[use])) if use.any() else None
             line[name + " contrast"] = float(np.mean(g_con[use])) if use.any() else None
+            both = ~np.isnan(g_open) & ~np.isnan(r_open[: len(gen)])
+            line[name + " open_corr"] = float(np.corrcoef(g_open[both], r_open[: len(gen)][both])[0, 1])
             tiles.append([mouth_tile(gen[k], g_lm[k] if g_lm[k] is not None else r_lm[k])
                           for k in np.argsort(-np.nan_to_num(r_open, nan=-1))[:4]])
         rows.append(line)
@@ -113,8 +119,10 @@ def main() -> None:
         d = [r[name] - r["real"] for r in rows if r.get(name) is not None and r["real"] is not None]
         if d:
             c = [r[name + " contrast"] / r["real contrast"] for r in rows if r.get(name) is not None and r["real"] is not None]
+            oc = [r[name + " open_corr"] for r in rows if r.get(name + " open_corr") is not None]
             print(f"{name}: darkness minus real's, mean {np.mean(d):+.3f}, within 0.08 on {sum(abs(x) <= 0.08 for x in d)}/{len(d)} "
-                  f"clips; interior contrast {np.mean(c):.2f} of the real one's")
+                  f"clips; interior contrast {np.mean(c):.2f} of the real one's; opening correlation with the real "
+                  f"mouth {np.mean(oc):.3f} (mean over clips)")
 
 
 if __name__ == "__main__":
