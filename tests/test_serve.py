@@ -879,5 +879,11 @@ def test_live_endpoint_protocol_and_errors(service, assets):
         assert message in first["error"] and "/tmp" not in first["error"], (case, first)
     first, got = session(json.dumps({"sample_rate": SR, "articulation": 7}), face)
     assert "articulation" in first["error"]
+    first, _ = session(json.dumps({"sample_rate": SR, "still": "yes"}), face)
+    assert "still must be true or false" in first["error"]
+    still, got = session(json.dumps({"sample_rate": SR, "checkpoint": "tiny.pt", "still": True}), face, one_s)
+    sx0, sy0, sx1, sy1 = still["box"]  # only the mouth changes: a box inside the moving head's
+    assert x0 <= sx0 and y0 <= sy0 and sx1 <= x1 and sy1 <= y1 and (sx1 - sx0) * (sy1 - sy0) < (x1 - x0) * (y1 - y0)
+    assert got[-1]["frames"] == 25
     _, got = session(hello, face, raw=b"12345")  # not float32
     assert "multiple of 4 bytes" in got[-1]["error"]

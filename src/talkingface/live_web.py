@@ -8,7 +8,7 @@ own turn-taking; a live session needs 40 ms pieces in and each frame out as soon
 One WebSocket carries both, on the server Gradio already runs.
 
 Protocol (``/live/ws``): the page sends a JSON text ``{"sample_rate", "articulation",
-"keep_expression", "checkpoint"}``, then the photo's bytes, then float32 little-endian mono samples
+"keep_expression", "still", "checkpoint"}``, then the photo's bytes, then float32 little-endian mono samples
 as binary messages of any length, and ``{"end": true}`` when the speaker stops. The server answers
 ``{"ready": true, "width", "height", "box", "lookahead_ms"}`` and the photo as it animates it (one
 binary message: an 8-byte header ``<iHH`` of frame index -1 and x, y = 0, then a JPEG), then
@@ -104,7 +104,7 @@ class LiveEndpoint:
 
     async def _run(self, ws, loop, work: Path) -> None:
         from . import api
-        from .serve import check_size, face_input, face_kind
+        from .serve import check_flag, check_size, face_input, face_kind
 
         limits = self.service.limits
         try:
@@ -114,6 +114,7 @@ class LiveEndpoint:
             raise TalkingFaceError("the page's first message must be JSON with its sample_rate") from None
         name, articulation, keep = self.service.options(hello.get("checkpoint"), hello.get("articulation", 1.0),
                                                        hello.get("keep_expression", True))
+        still = check_flag(hello.get("still", False), "still")
         photo = await ws.receive_bytes()
         path = work / "upload"
         path.write_bytes(photo)
@@ -123,7 +124,8 @@ class LiveEndpoint:
         path = face_input(path, "image", work)  # named as a photo: api tells photos by their names
         model = self.service.model(name)
         live = await loop.run_in_executor(None, lambda: api.LiveSession(path, model=model, sample_rate=sample_rate,
-                                                                         articulation=articulation, keep_expression=keep))
+                                                                         articulation=articulation, keep_expression=keep,
+                                                                         still=still))
         self.sessions += 1
         box = list(live.box) if live.box[2] > live.box[0] else [0, 0, *live.size]
         log.info("live session %d: %dx%d photo, %d Hz", self.sessions, *live.size, sample_rate)
@@ -196,7 +198,8 @@ PAGE = """<!doctype html>
 <p>Pick a photo of a face, press Start and speak: the face talks as you speak. <a href="/">Back to the video page</a></p>
 <input type="file" id="photo" accept="image/*">
 <label>Articulation <input type="number" id="articulation" value="1" min="0" max="3" step="0.1" style="width:4em"></label>
-<label><input type="checkbox" id="keep" checked> Keep the photo's expression</label><br><br>
+<label><input type="checkbox" id="keep" checked> Keep the photo's expression</label>
+<label><input type="checkbox" id="still"> Still (only the mouth moves)</label><br><br>
 <button id="start">Start</button><button id="stop" disabled>Stop</button>
 <div id="status"></div><div id="stats"></div>
 <canvas id="face" width="16" height="16"></canvas>
@@ -293,7 +296,7 @@ $("start").onclick = async () => {
   ws.binaryType = "arraybuffer";
   ws.onopen = async () => {
     ws.send(JSON.stringify({sample_rate: rate, articulation: parseFloat($("articulation").value),
-                            keep_expression: $("keep").checked}));
+                            keep_expression: $("keep").checked, still: $("still").checked}));
     ws.send(await file.arrayBuffer());
   };
   ws.onmessage = (ev) => {
