@@ -27,9 +27,10 @@ import numpy as np
 from talkingface import api
 from talkingface.config import FaceConfig
 from talkingface.face import FaceMesh, interocular, mouth_opening
+from talkingface.interior import INNER_MESH, RING
 from talkingface.media import read_video
 
-INNER_LIPS = [78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95]
+INNER_LIPS = INNER_MESH[RING]  # the inner-lip polygon, in order round it
 CHEEKS = [50, 280]
 
 

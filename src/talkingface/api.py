@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import frame_windows, log_mel, loudness, normalize_utterance, silence_mask, silence_window, with_rows
+from .audio import frame_windows, log_mel, loudness, normalize_utterance, quiet_frames, silence_window, with_rows
 from .config import AudioConfig, FaceConfig, GeneratorConfig
 from .errors import TalkingFaceError
 from .face import LOWER_FACE, FaceMesh, alignment_matrix, invert, transform_points, warp_face
@@ -78,8 +78,7 @@ class Prepared:
     mel: torch.Tensor  # (n_mels, M) normalised log-mel of the whole speech
     n_frames: int
     landmarks: np.ndarray  # (478, 2) the reference's face mesh in src_image pixels
-    speaking: np.ndarray  # (n_frames,) bool: frames with speech (blinks prefer the others)
-    loudness: np.ndarray  # (n_frames,) dB per frame (nods follow its rises)
+    loudness: np.ndarray  # (n_frames,) dB per frame (blinks prefer its pauses, nods follow its rises)
     is_photo: bool
     interior: InteriorLibrary | None = None  # a video's own open mouths (dubbing)
 
@@ -222,10 +221,49 @@ def prepare_inputs(face: str | Path, audio: str | Path, crop_size: int, fps: flo
                  100 * float(np.mean((track > 0)[: mel.shape[-1]])))
         mel = with_rows(mel, one_hot(track))  # (n_mels + N_PHONES, M)
     size = (src.shape[1], src.shape[0])
-    speaking = ~silence_mask(speech, n, fps, audio_cfg.sample_rate)
     db = loudness(speech, n, fps, audio_cfg.sample_rate)
-    return Prepared(ref_crop, ref_points, src, m, backgrounds, size, n_faces, index, mel, n, lm, speaking, db,
+    return Prepared(ref_crop, ref_points, src, m, backgrounds, size, n_faces, index, mel, n, lm, db,
                     is_image(face), interior)
+
+
+class _Alive:
+    """Blinks and head motion on the frames of one photo (``eyes.py``, ``head.py``), from schedules
+    of ``n_frames`` frames (a longer session repeats them). ``loudness``: (n_frames,) dB per frame,
+    when known ahead: blinks then move to its pauses and the head nods after its rises."""
+
+    def __init__(self, landmarks: np.ndarray, shape: tuple[int, ...], n_frames: int, fps: float, seed: int,
+                 blinks: bool, head_motion: float, loudness: np.ndarray | None = None):
+        self.lids = self.closure = self.head = self.motion = None
+        if blinks:
+            from .eyes import EyeLids, blink_schedule
+
+            self.lids = EyeLids(landmarks, shape)
+            if not self.lids.open:
+                log.info("the photo's eyes look closed: no blinks")
+            speaking = None if loudness is None else ~quiet_frames(loudness)
+            self.closure = blink_schedule(n_frames, fps, speaking, seed)
+        if head_motion > 0:
+            from .head import HeadWarp, head_schedule
+
+            self.head = HeadWarp(landmarks, shape)
+            self.motion = head_schedule(n_frames, fps, loudness, seed, head_motion)
+
+    @property
+    def boxes(self) -> list[tuple[int, int, int, int]]:
+        """Where frames can differ from the photo because of the eyes or the head."""
+        eyes = [e[:4] for e in self.lids.eyes] if self.lids is not None and self.lids.open else []
+        return eyes + ([self.head.box] if self.head is not None else [])
+
+    def draw(self, frame: np.ndarray, k: int) -> np.ndarray | None:
+        """Frame ``k`` with its blink and head motion drawn, or None when it has neither."""
+        c = 0.0 if self.lids is None else float(self.closure[k % len(self.closure)])
+        if c <= 0 and self.head is None:
+            return None
+        if c > 0:
+            frame = self.lids.draw(frame, c)
+        if self.head is not None:
+            frame = self.head.draw(frame, self.motion[k % len(self.motion)])
+        return frame
 
 
 FIRST_CHUNK = 4
@@ -250,20 +288,7 @@ def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, a
     state = None
     comp, comp_m = None, None
     bgs = p.backgrounds(p.n_frames)
-    lids, closure = None, None
-    if blinks:
-        from .eyes import EyeLids, blink_schedule
-
-        lids = EyeLids(p.landmarks, p.src_image.shape)
-        if not lids.open:
-            log.info("the photo's eyes look closed: no blinks")
-        closure = blink_schedule(p.n_frames, fps, p.speaking, seed)
-    head, motion = None, None
-    if head_motion > 0:
-        from .head import HeadWarp, head_schedule
-
-        head = HeadWarp(p.landmarks, p.src_image.shape)
-        motion = head_schedule(p.n_frames, fps, p.loudness, seed, head_motion)
+    alive = _Alive(p.landmarks, p.src_image.shape, p.n_frames, fps, seed, blinks, head_motion, p.loudness)
     with tqdm(total=p.n_frames, desc="generate", unit="frame", disable=not progress) as bar:
         # A short first chunk: the first frame comes ~0.3 s sooner (benchmarks/start_time.py).
         starts = [0, *range(min(chunk, FIRST_CHUNK), p.n_frames, chunk)]
@@ -287,16 +312,9 @@ def _frames(model: Model, p: Prepared, fps: float, chunk: int, progress: bool, a
                     ring = transform_points(invert(m), points[i][INNER_IN_LOWER_FACE] * s)
                     iod = FaceConfig().iod * s / float(np.sqrt(abs(np.linalg.det(np.asarray(m)[:, :2]))))
                     out_frame = p.interior.paste(out_frame, ring, iod)
-                k = start + i
-                if (lids is not None and closure[k] > 0) or head is not None:
-                    box = getattr(out_frame, "box", None)  # None: the face was outside the frame
-                    if lids is not None and closure[k] > 0:
-                        out_frame = lids.draw(out_frame, float(closure[k]))
-                        box = _union(box, *(e[:4] for e in lids.eyes))
-                    if head is not None:
-                        out_frame = head.draw(out_frame, motion[k])
-                        box = _union(box, head.box)
-                    out_frame = PatchedFrame.of(np.asarray(out_frame), frame, box)  # still only a box differs
+                drawn = alive.draw(out_frame, start + i)
+                if drawn is not None:  # still only a box differs (None: the face was outside the frame)
+                    out_frame = PatchedFrame.of(drawn, frame, _union(getattr(out_frame, "box", None), *alive.boxes))
                 yield out_frame
             bar.update(t)
 
@@ -378,11 +396,11 @@ def stream(face: str | Path, audio: str | Path, model: Model | None = None, fps:
     model = model or load_model()
     compute_dtype(precision, model.device)  # a bad value fails now, not at the first frame
     check_articulation(articulation)
-    check_head_motion(head_motion)
+    head_motion = check_head_motion(head_motion)
     p = prepare_inputs(face, audio, model.config.crop_size, fps, face_index, phones=model.config.phones != "none",
                        text=text, language=language)
     yield from _frames(model, p, fps, chunk, progress, AudioConfig(), precision, articulation, keep_expression,
-                       _blinks(p, blinks, still), seed, _head_motion(p, check_head_motion(head_motion), still))
+                       _blinks(p, blinks, still), seed, _head_motion(p, head_motion, still))
 
 
 def _union(*boxes) -> tuple[int, int, int, int]:

@@ -112,6 +112,13 @@ def steps_per_frame(cfg: AudioConfig, fps: float) -> float:
     return cfg.sample_rate / cfg.hop_length / fps
 
 
+def window_starts(frames: torch.Tensor, fps: float = 25.0, cfg: AudioConfig = AudioConfig()) -> torch.Tensor:
+    """The first feature step of each video frame's window (int64, may be negative): the
+    ``window_steps`` steps centred on the frame's centre (frame + 0.5) / fps."""
+    centres = torch.floor((frames.to(torch.float64) + 0.5) * steps_per_frame(cfg, fps)).long()
+    return centres - cfg.window_steps // 2
+
+
 def frame_windows(feats: torch.Tensor, n_frames: int, fps: float = 25.0,
                   cfg: AudioConfig = AudioConfig(), pad_value: float | None = None, first: int = 0) -> torch.Tensor:
     """Cut the ``window_steps`` feature steps centred on each video frame.
@@ -122,9 +129,7 @@ def frame_windows(feats: torch.Tensor, n_frames: int, fps: float = 25.0,
     """
     c, m = feats.shape
     w = cfg.window_steps
-    spf = steps_per_frame(cfg, fps)
-    centres = torch.floor((torch.arange(first, first + n_frames, dtype=torch.float64) + 0.5) * spf).long()  # (T,)
-    starts = centres - w // 2
+    starts = window_starts(torch.arange(first, first + n_frames), fps, cfg)  # (T,)
     left = int(max(0, -int(starts.min())))
     right = int(max(0, int(starts.max()) + w - m))
     if pad_value is None:
@@ -198,6 +203,10 @@ def silence_mask(audio: np.ndarray, n_frames: int, fps: float = 25.0, sample_rat
     it is more than ``margin_db`` below the clip's speech level (the 95th percentile of the
     per-frame loudness, which ignores a few clicks), or below the absolute floor ``floor_db``
     (dB re. full scale, so an all-zero or near-silent clip counts as silent throughout)."""
-    db = loudness(audio, n_frames, fps, sample_rate)
+    return quiet_frames(loudness(audio, n_frames, fps, sample_rate), margin_db, floor_db)
+
+
+def quiet_frames(db: np.ndarray, margin_db: float = 25.0, floor_db: float = -60.0) -> np.ndarray:
+    """``silence_mask`` of per-frame loudness already measured (``loudness``)."""
     ref = np.percentile(db, 95)
     return (db < ref - margin_db) | (db < floor_db)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .api import Model, _photo, check_articulation, check_head_motion, load_model
+from .api import Model, _Alive, _photo, _union, check_articulation, check_head_motion, load_model
 from .config import AudioConfig, FaceConfig
 from .errors import TalkingFaceError
 from .face import LOWER_FACE, transform_points, warp_face
@@ -104,20 +104,11 @@ class LiveSession:
             self._rest = (g.rest_offsets(self._enc, self.features.silence()[None].to(model.device))
                           if keep_expression else None)
         self._comp = Compositor(image.shape, m, s, model.config.feather_rows)
-        self._lids = None
-        if blinks and not still:
-            from .eyes import EyeLids, blink_schedule
-
-            self._lids = EyeLids(lm, image.shape)
-            # Ten minutes of schedule, repeated: a live session cannot know where the pauses will be.
-            self._closure = blink_schedule(int(600 * fps), fps, None, seed)
-        self._head = None
+        # Ten minutes of schedules, repeated: a live session cannot know where the pauses and the
+        # stressed syllables will be, so blinks come on schedule and the head sways without nods.
         head_motion = check_head_motion(head_motion)
-        if head_motion and not still:
-            from .head import HeadWarp, head_schedule
-
-            self._head = HeadWarp(lm, image.shape)
-            self._motion = head_schedule(int(600 * fps), fps, None, seed, head_motion)  # sways without nods
+        self._alive = _Alive(lm, image.shape, int(600 * fps), fps, seed, blinks and not still,
+                             0.0 if still else head_motion or 0.0)
         self._resample = None if self.sample_rate == self.audio_cfg.sample_rate else \
             _Resampler(self.sample_rate, self.audio_cfg.sample_rate)
         self._state = None
@@ -136,15 +127,8 @@ class LiveSession:
         face and its feathered edge, the eyes when they blink, the head when it moves); elsewhere every
         frame is the photo."""
         c = self._comp
-        boxes = [] if c.empty else [(c.x0, c.y0, c.x1, c.y1)]
-        if self._lids is not None and self._lids.open:
-            boxes += [e[:4] for e in self._lids.eyes]
-        if self._head is not None:
-            boxes.append(self._head.box)
-        if not boxes:
-            return (0, 0, 0, 0)
-        x0, y0, x1, y1 = np.array(boxes).T
-        return int(x0.min()), int(y0.min()), int(x1.max()), int(y1.max())
+        boxes = ([] if c.empty else [(c.x0, c.y0, c.x1, c.y1)]) + self._alive.boxes
+        return _union(*boxes) if boxes else (0, 0, 0, 0)
 
     @property
     def lookahead_s(self) -> float:
@@ -182,12 +166,8 @@ class LiveSession:
         for i in range(len(windows)):
             # np.array: a PatchedFrame's hints are for one encoder; callers get plain frames they own
             frame = np.array(self._comp.compose(self.image, self.image, self._m, flow[i], mask[i], res[i]))
-            k = self.frames - len(windows) + i
-            if self._lids is not None and self._closure[k % len(self._closure)] > 0:
-                frame = self._lids.draw(frame, float(self._closure[k % len(self._closure)]))
-            if self._head is not None:
-                frame = self._head.draw(frame, self._motion[k % len(self._motion)])
-            out.append(frame)
+            drawn = self._alive.draw(frame, self.frames - len(windows) + i)
+            out.append(frame if drawn is None else drawn)
         return out
 
     def push(self, chunk) -> list[np.ndarray]:

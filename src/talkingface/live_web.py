@@ -20,8 +20,10 @@ a time per server (it takes about half of two cores); a second page is told so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import shutil
 import struct
 import tempfile
 import threading
@@ -90,21 +92,17 @@ class LiveEndpoint:
             await self._send_error(ws, f"the live session failed ({type(e).__name__})")
         finally:
             self._busy.release()
-            import shutil
-
             shutil.rmtree(work, ignore_errors=True)
 
     @staticmethod
     async def _send_error(ws, message: str) -> None:
-        import contextlib
-
         with contextlib.suppress(Exception):
             await ws.send_text(json.dumps({"error": message}))
             await ws.close()
 
     async def _run(self, ws, loop, work: Path) -> None:
         from . import api
-        from .serve import check_flag, check_size, face_input, face_kind
+        from .serve import check_size, face_input, face_kind
 
         limits = self.service.limits
         try:
@@ -112,9 +110,8 @@ class LiveEndpoint:
             sample_rate = int(hello.get("sample_rate", 0))
         except (ValueError, TypeError, AttributeError):
             raise TalkingFaceError("the page's first message must be JSON with its sample_rate") from None
-        name, articulation, keep = self.service.options(hello.get("checkpoint"), hello.get("articulation", 1.0),
-                                                       hello.get("keep_expression", True))
-        still = check_flag(hello.get("still", False), "still")
+        name, articulation, keep, still = self.service.options(hello.get("checkpoint"), hello.get("articulation", 1.0),
+                                                              hello.get("keep_expression", True), hello.get("still", False))
         photo = await ws.receive_bytes()
         path = work / "upload"
         path.write_bytes(photo)
@@ -127,7 +124,8 @@ class LiveEndpoint:
                                                                          articulation=articulation, keep_expression=keep,
                                                                          still=still))
         self.sessions += 1
-        box = list(live.box) if live.box[2] > live.box[0] else [0, 0, *live.size]
+        x0, y0, x1, y1 = live.box
+        box = [x0, y0, x1, y1] if x1 > x0 else [0, 0, *live.size]
         log.info("live session %d: %dx%d photo, %d Hz", self.sessions, *live.size, sample_rate)
         await ws.send_text(json.dumps({"ready": True, "width": live.size[0], "height": live.size[1], "box": box,
                                        "lookahead_ms": round(live.lookahead_s * 1000)}))

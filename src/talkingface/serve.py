@@ -235,15 +235,15 @@ class Service:
             raise TalkingFaceError(f"{name}: not one of this server's checkpoints ({', '.join(self.checkpoints)})")
         return name
 
-    def options(self, checkpoint, articulation, keep_expression) -> tuple[str, float, bool]:
+    def options(self, checkpoint, articulation, keep_expression, still=False) -> tuple[str, float, bool, bool]:
         """The request's options checked (API clients can send anything), before any work:
-        the checkpoint's name, the articulation as a float, keep_expression a real boolean."""
+        the checkpoint's name, the articulation as a float, keep_expression and still real booleans."""
         name = self.checkpoint(checkpoint)
         try:
             articulation = api.check_articulation(articulation)
         except ValueError as e:
             raise TalkingFaceError(str(e)) from None
-        return name, articulation, check_flag(keep_expression)
+        return name, articulation, check_flag(keep_expression), check_flag(still, "still")
 
     def model(self, name: str | None = None) -> api.Model:
         """The model of one of the server's checkpoints, loaded on first use and kept."""
@@ -328,8 +328,7 @@ class Service:
         ``Cancelled`` (as does the session's page closing), leaving nothing behind."""
         start = time.monotonic()
         face, audio = Path(face), Path(audio)
-        name, articulation, keep_expression = self.options(checkpoint, articulation, keep_expression)
-        still = check_flag(still, "still")
+        name, articulation, keep_expression, still = self.options(checkpoint, articulation, keep_expression, still)
         with self._job(session, gone) as job:
             self.sweep()
             check_size(face, self.limits.max_upload_mb)

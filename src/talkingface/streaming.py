@@ -25,7 +25,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from .audio import _log_mel_steps, log_mel, mel_filterbank, normalize_utterance, steps_per_frame
+from .audio import _log_mel_steps, log_mel, mel_filterbank, normalize_utterance, window_starts
 from .config import AudioConfig
 
 
@@ -177,7 +177,7 @@ class LiveFeatures:
             self._steps = torch.cat([self._steps, norm], 1)
 
     def _window_start(self, i: int) -> int:
-        return int(np.floor((i + 0.5) * steps_per_frame(self.cfg, self.fps))) - self.cfg.window_steps // 2
+        return int(window_starts(torch.tensor([i]), self.fps, self.cfg)[0])
 
     def _cut(self, upto: int) -> torch.Tensor:
         """Windows of frames self.frames .. upto - 1 from the kept steps (silence outside them)."""

@@ -404,8 +404,6 @@ def smoothness(frames: np.ndarray, box: Box | None = None, silent: np.ndarray | 
     return out
 
 
-
-
 # ----------------------------------------------------------------------------------------------
 # Identity preservation
 
